@@ -1,0 +1,106 @@
+//! Normalisation layers: batch norm (affine or param-free, training and running statistics)
+//! and instance norm.
+use super::ops::mean_var;
+use crate::error::Result;
+use crate::options::NormType;
+use crate::store::{Init, Vb};
+use candle_core::{DType, Tensor, Var};
+
+pub const EPS: f64 = 1e-5;
+pub const MOMENTUM: f64 = 0.1;
+
+/// `nn.BatchNorm2d(c, affine)` with running statistics (and `sync_batch`, the same on one device).
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+}
+
+impl BatchNorm {
+    pub fn new(vb: &Vb, channels: usize, affine: bool, init_gain: f64) -> Result<Self> {
+        let (weight, bias) = if affine {
+            (
+                Some(vb.param(channels, "weight", Init::Normal { mean: 1.0, std: init_gain })?),
+                Some(vb.param(channels, "bias", Init::Const(0.0))?),
+            )
+        } else {
+            (None, None)
+        };
+        let running_mean = vb.buffer(channels, "running_mean", Init::Const(0.0))?;
+        let running_var = vb.buffer(channels, "running_var", Init::Const(1.0))?;
+        let num_batches_tracked = vb.buffer_dtype((), "num_batches_tracked", Init::Const(0.0), DType::I64)?;
+        Ok(Self { weight, bias, running_mean, running_var, num_batches_tracked })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let c = x.dim(1)?;
+        let (mean, var) = if train {
+            let (mean, var) = mean_var(x, &[0, 2, 3])?;
+            let n = x.elem_count() / c;
+            let unbiased = (var.detach() * (n as f64 / (n as f64 - 1.0).max(1.0)))?;
+            let m = MOMENTUM;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            let t = (self.num_batches_tracked.as_tensor() + 1.0)?;
+            self.num_batches_tracked.set(&t)?;
+            (mean, var)
+        } else {
+            let shape = (1, c, 1, 1);
+            (
+                self.running_mean.as_tensor().detach().reshape(shape)?,
+                self.running_var.as_tensor().detach().reshape(shape)?,
+            )
+        };
+        let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + EPS)?.sqrt()?)?;
+        affine(y, self.weight.as_ref(), self.bias.as_ref())
+    }
+}
+
+fn affine(y: Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let y = match w {
+        Some(w) => y.broadcast_mul(&w.reshape((1, (), 1, 1))?)?,
+        None => y,
+    };
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// `nn.InstanceNorm2d(c, affine=False)`: per sample and channel over H, W, biased variance.
+pub fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (mean, var) = mean_var(x, &[2, 3])?;
+    x.broadcast_sub(&mean)?.broadcast_div(&(var + EPS)?.sqrt()?)
+}
+
+/// A normalisation chosen by a norm string: batch (affine or not), instance or none.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Batch(BatchNorm),
+    Instance,
+    None,
+}
+
+impl Norm {
+    /// `affine` selects the non-SPADE (affine) batch norm; SPADE's param-free norm has none.
+    pub fn new(vb: &Vb, kind: NormType, channels: usize, affine: bool, init_gain: f64) -> Result<Self> {
+        Ok(match kind {
+            NormType::Batch => Norm::Batch(BatchNorm::new(vb, channels, affine, init_gain)?),
+            NormType::Instance => Norm::Instance,
+            NormType::None => Norm::None,
+        })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Batch(bn) => bn.forward_t(x, train),
+            Norm::Instance => instance_norm(x),
+            Norm::None => Ok(x.clone()),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! SPADEGenerator: a decoder of SPADE ResBlks from a latent map (downsampled segmap or VAE z).
+use crate::error::Result;
+use crate::layers::conv::{Conv2d, ConvSpec, Linear};
+use crate::layers::ops::{leaky_relu, resize_nearest, upsample2x};
+use crate::layers::spade::SpadeResBlk;
+use crate::options::{NetOptions, Upsampling};
+use crate::store::Vb;
+use candle_core::Tensor;
+
+#[derive(Debug, Clone)]
+enum Input {
+    /// `fc` = Linear(z_dim -> 16nf*sh*sw) on z.
+    Z(Linear),
+    /// `fc` = conv3x3(semantic_nc -> 16nf) on the segmap resized to (sh, sw).
+    Segmap(Conv2d),
+}
+
+#[derive(Debug, Clone)]
+pub struct SpadeGenerator {
+    fc: Input,
+    head_0: SpadeResBlk,
+    g_middle_0: SpadeResBlk,
+    g_middle_1: SpadeResBlk,
+    ups: Vec<SpadeResBlk>,
+    conv_img: Conv2d,
+    upsampling: Upsampling,
+    nf: usize,
+    sh: usize,
+    sw: usize,
+    z_dim: usize,
+}
+
+impl SpadeGenerator {
+    pub fn new(opt: &NetOptions, vb: &Vb) -> Result<Self> {
+        opt.validate()?;
+        let norm = opt.spade_norm()?;
+        let nf = opt.ngf;
+        let gain = opt.init_variance;
+        let snc = opt.semantic_nc();
+        let (sh, sw) = opt.latent_size();
+        let fc = if opt.use_vae {
+            Input::Z(Linear::new(&vb.pp("fc"), opt.z_dim, 16 * nf * sh * sw, gain)?)
+        } else {
+            Input::Segmap(Conv2d::new(&vb.pp("fc"), ConvSpec::new(snc, 16 * nf, 3), gain)?)
+        };
+        let blk = |name: &str, fin: usize, fout: usize| SpadeResBlk::new(&vb.pp(name), fin, fout, norm, snc, gain);
+        let head_0 = blk("head_0", 16 * nf, 16 * nf)?;
+        let g_middle_0 = blk("G_middle_0", 16 * nf, 16 * nf)?;
+        let g_middle_1 = blk("G_middle_1", 16 * nf, 16 * nf)?;
+        let mut ups = vec![
+            blk("up_0", 16 * nf, 8 * nf)?,
+            blk("up_1", 8 * nf, 4 * nf)?,
+            blk("up_2", 4 * nf, 2 * nf)?,
+            blk("up_3", 2 * nf, nf)?,
+        ];
+        let mut final_nc = nf;
+        if opt.num_upsampling_layers == Upsampling::Most {
+            ups.push(blk("up_4", nf, nf / 2)?);
+            final_nc = nf / 2;
+        }
+        let conv_img = Conv2d::new(&vb.pp("conv_img"), ConvSpec::new(final_nc, 3, 3), gain)?;
+        Ok(Self {
+            fc,
+            head_0,
+            g_middle_0,
+            g_middle_1,
+            ups,
+            conv_img,
+            upsampling: opt.num_upsampling_layers,
+            nf,
+            sh,
+            sw,
+            z_dim: opt.z_dim,
+        })
+    }
+
+    pub fn uses_z(&self) -> bool {
+        matches!(self.fc, Input::Z(_))
+    }
+
+    pub fn z_dim(&self) -> usize {
+        self.z_dim
+    }
+
+    /// `seg`: (N, semantic_nc, H, W); `z`: (N, z_dim) when the generator was built with use_vae
+    /// (drawn from N(0, 1) when None). Returns (N, 3, H, W) in [-1, 1].
+    pub fn forward_t(&self, seg: &Tensor, z: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
+        let n = seg.dim(0)?;
+        let mut x = match &self.fc {
+            Input::Z(fc) => {
+                let z = match z {
+                    Some(z) => z.clone(),
+                    None => Tensor::randn(0f32, 1f32, (n, self.z_dim), seg.device())?.to_dtype(seg.dtype())?,
+                };
+                fc.forward(&z)?.reshape((n, 16 * self.nf, self.sh, self.sw))?
+            }
+            Input::Segmap(fc) => fc.forward_t(&resize_nearest(seg, self.sh, self.sw)?, train)?,
+        };
+        x = self.head_0.forward_t(&x, seg, train)?;
+        x = upsample2x(&x)?;
+        x = self.g_middle_0.forward_t(&x, seg, train)?;
+        if self.upsampling != Upsampling::Normal {
+            x = upsample2x(&x)?;
+        }
+        x = self.g_middle_1.forward_t(&x, seg, train)?;
+        for up in &self.ups {
+            x = upsample2x(&x)?;
+            x = up.forward_t(&x, seg, train)?;
+        }
+        self.conv_img.forward_t(&leaky_relu(&x, 0.2)?, train)?.tanh()
+    }
+}

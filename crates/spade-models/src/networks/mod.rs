@@ -1,0 +1,5 @@
+//! The networks of the paper and the reference code.
+pub mod discriminator;
+pub mod encoder;
+pub mod generator;
+pub mod pix2pixhd;

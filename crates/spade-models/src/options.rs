@@ -1,0 +1,457 @@
+//! Network options, read from the reference `opt.txt`, and the norm strings parsed once into enums.
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The param-free normalisation inside SPADE, or the norm after a plain conv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormType {
+    /// Batch norm (`batch`, and `syncbatch`/`sync_batch`, which are the same on one device).
+    Batch,
+    /// Instance norm (no affine, no running statistics).
+    Instance,
+    /// No normalisation (`spectralnone`, or an empty remainder).
+    None,
+}
+
+/// A parsed `norm_G`/`norm_D`/`norm_E` string for plain conv layers, e.g. `spectralinstance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvNorm {
+    pub spectral: bool,
+    pub norm: NormType,
+}
+
+/// A parsed SPADE norm string, e.g. `spectralspadesyncbatch3x3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpadeNorm {
+    /// Spectral norm on the ResBlk convs (conv_0, conv_1, conv_s).
+    pub spectral: bool,
+    /// The param-free norm of each SPADE layer.
+    pub param_free: NormType,
+    /// Kernel size of the SPADE convs.
+    pub kernel: usize,
+}
+
+impl ConvNorm {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::Option {
+            option: "norm".into(),
+            value: s.into(),
+            expected: "[spectral](instance|batch|sync_batch|syncbatch|none), e.g. spectralinstance".into(),
+        };
+        let (spectral, rest) = match s.strip_prefix("spectral") {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        let norm = match rest {
+            "" | "none" => NormType::None,
+            "instance" => NormType::Instance,
+            "batch" | "sync_batch" | "syncbatch" => NormType::Batch,
+            _ => return Err(bad()),
+        };
+        Ok(Self { spectral, norm })
+    }
+}
+
+impl SpadeNorm {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::Option {
+            option: "norm_G".into(),
+            value: s.into(),
+            expected: "[spectral]spade(batch|syncbatch|instance)<k>x<k>, e.g. spectralspadesyncbatch3x3".into(),
+        };
+        let spectral = s.contains("spectral");
+        let rest = s.replace("spectral", "");
+        let rest = rest.strip_prefix("spade").ok_or_else(bad)?;
+        let digit = rest.find(|c: char| c.is_ascii_digit()).ok_or_else(bad)?;
+        let (name, ks) = rest.split_at(digit);
+        let param_free = match name {
+            "instance" => NormType::Instance,
+            "batch" | "syncbatch" => NormType::Batch,
+            _ => return Err(bad()),
+        };
+        let (k1, k2) = ks.split_once('x').ok_or_else(bad)?;
+        let kernel: usize = k1.parse().map_err(|_| bad())?;
+        if k2.parse::<usize>().ok() != Some(kernel) || kernel % 2 == 0 {
+            return Err(bad());
+        }
+        Ok(Self { spectral, param_free, kernel })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsampling {
+    Normal,
+    More,
+    Most,
+}
+
+impl Upsampling {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "normal" => Ok(Self::Normal),
+            "more" => Ok(Self::More),
+            "most" => Ok(Self::Most),
+            _ => Err(Error::Option {
+                option: "num_upsampling_layers".into(),
+                value: s.into(),
+                expected: "normal, more or most".into(),
+            }),
+        }
+    }
+
+    pub fn num_layers(self) -> usize {
+        match self {
+            Self::Normal => 5,
+            Self::More => 6,
+            Self::Most => 7,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::More => "more",
+            Self::Most => "most",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeneratorKind {
+    Spade,
+    Pix2PixHD,
+}
+
+/// The options the networks read, with the reference's names and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetOptions {
+    pub net_g: GeneratorKind,
+    pub label_nc: usize,
+    pub contain_dontcare_label: bool,
+    pub no_instance: bool,
+    pub output_nc: usize,
+    pub ngf: usize,
+    pub ndf: usize,
+    pub norm_g: String,
+    pub norm_d: String,
+    pub norm_e: String,
+    pub use_vae: bool,
+    pub z_dim: usize,
+    pub crop_size: usize,
+    pub aspect_ratio: f64,
+    pub num_upsampling_layers: Upsampling,
+    pub resnet_n_downsample: usize,
+    pub resnet_n_blocks: usize,
+    pub resnet_kernel_size: usize,
+    pub resnet_initial_kernel_size: usize,
+    pub num_d: usize,
+    pub n_layers_d: usize,
+    pub no_gan_feat_loss: bool,
+    pub init_variance: f64,
+    /// Every key of the options file, as written (for options this struct does not model).
+    pub raw: BTreeMap<String, String>,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        Self {
+            net_g: GeneratorKind::Spade,
+            label_nc: 182,
+            contain_dontcare_label: true,
+            no_instance: false,
+            output_nc: 3,
+            ngf: 64,
+            ndf: 64,
+            norm_g: "spectralspadesyncbatch3x3".into(),
+            norm_d: "spectralinstance".into(),
+            norm_e: "spectralinstance".into(),
+            use_vae: false,
+            z_dim: 256,
+            crop_size: 256,
+            aspect_ratio: 1.0,
+            num_upsampling_layers: Upsampling::Normal,
+            resnet_n_downsample: 4,
+            resnet_n_blocks: 9,
+            resnet_kernel_size: 3,
+            resnet_initial_kernel_size: 7,
+            num_d: 2,
+            n_layers_d: 4,
+            no_gan_feat_loss: false,
+            init_variance: 0.02,
+            raw: BTreeMap::new(),
+        }
+    }
+}
+
+impl NetOptions {
+    /// Number of input channels of the generator: label_nc (+1 don't-care) (+1 instance edges).
+    pub fn semantic_nc(&self) -> usize {
+        self.label_nc + usize::from(self.contain_dontcare_label) + usize::from(!self.no_instance)
+    }
+
+    /// Number of one-hot channels (label_nc, plus one for don't-care).
+    pub fn one_hot_nc(&self) -> usize {
+        self.label_nc + usize::from(self.contain_dontcare_label)
+    }
+
+    /// (sh, sw): the size of the generator's first feature map.
+    pub fn latent_size(&self) -> (usize, usize) {
+        let sw = self.crop_size / (1 << self.num_upsampling_layers.num_layers());
+        let sh = round_half_even(sw as f64 / self.aspect_ratio);
+        (sh, sw)
+    }
+
+    /// (H, W) of the generated image.
+    pub fn output_size(&self) -> (usize, usize) {
+        match self.net_g {
+            GeneratorKind::Spade => {
+                let (sh, sw) = self.latent_size();
+                let f = 1 << self.num_upsampling_layers.num_layers();
+                (sh * f, sw * f)
+            }
+            GeneratorKind::Pix2PixHD => {
+                let w = self.crop_size;
+                (round_half_even(w as f64 / self.aspect_ratio), w)
+            }
+        }
+    }
+
+    pub fn spade_norm(&self) -> Result<SpadeNorm> {
+        SpadeNorm::parse(&self.norm_g)
+    }
+
+    /// Reads the reference `opt.txt` (lines `name: value [default: x]`).
+    pub fn from_opt_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+            file: path.to_path_buf(),
+            message: format!("cannot read options file: {e}"),
+        })?;
+        Self::from_opt_text(&text).map_err(|e| Error::File { file: path.to_path_buf(), message: e.to_string() })
+    }
+
+    pub fn from_opt_text(text: &str) -> Result<Self> {
+        let mut raw = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('-') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once(':') else { continue };
+            let v = v.split('\t').next().unwrap_or("").split("[default").next().unwrap_or("").trim();
+            raw.insert(k.trim().to_string(), v.to_string());
+        }
+        Self::from_map(raw)
+    }
+
+    /// Builds options from `name -> value` strings; absent names keep the reference defaults.
+    pub fn from_map(raw: BTreeMap<String, String>) -> Result<Self> {
+        let mut o = Self::default();
+        let get = |k: &str| raw.get(k).map(|s| s.as_str());
+        fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T> {
+            v.parse().map_err(|_| Error::Option {
+                option: k.into(),
+                value: v.into(),
+                expected: format!("a number ({})", std::any::type_name::<T>()),
+            })
+        }
+        fn flag(k: &str, v: &str) -> Result<bool> {
+            match v {
+                "True" | "true" | "1" => Ok(true),
+                "False" | "false" | "0" => Ok(false),
+                _ => Err(Error::Option { option: k.into(), value: v.into(), expected: "True or False".into() }),
+            }
+        }
+        if let Some(v) = get("netG") {
+            o.net_g = match v {
+                "spade" => GeneratorKind::Spade,
+                "pix2pixhd" => GeneratorKind::Pix2PixHD,
+                _ => {
+                    return Err(Error::Option {
+                        option: "netG".into(),
+                        value: v.into(),
+                        expected: "spade or pix2pixhd".into(),
+                    })
+                }
+            };
+        }
+        macro_rules! set_num {
+            ($field:ident, $key:expr) => {
+                if let Some(v) = get($key) {
+                    o.$field = num($key, v)?;
+                }
+            };
+        }
+        macro_rules! set_flag {
+            ($field:ident, $key:expr) => {
+                if let Some(v) = get($key) {
+                    o.$field = flag($key, v)?;
+                }
+            };
+        }
+        set_num!(label_nc, "label_nc");
+        set_flag!(contain_dontcare_label, "contain_dontcare_label");
+        set_flag!(no_instance, "no_instance");
+        set_num!(output_nc, "output_nc");
+        set_num!(ngf, "ngf");
+        set_num!(ndf, "ndf");
+        set_flag!(use_vae, "use_vae");
+        set_num!(z_dim, "z_dim");
+        set_num!(crop_size, "crop_size");
+        set_num!(aspect_ratio, "aspect_ratio");
+        set_num!(resnet_n_downsample, "resnet_n_downsample");
+        set_num!(resnet_n_blocks, "resnet_n_blocks");
+        set_num!(resnet_kernel_size, "resnet_kernel_size");
+        set_num!(resnet_initial_kernel_size, "resnet_initial_kernel_size");
+        set_num!(num_d, "num_D");
+        set_num!(n_layers_d, "n_layers_D");
+        set_flag!(no_gan_feat_loss, "no_ganFeat_loss");
+        set_num!(init_variance, "init_variance");
+        if let Some(v) = get("norm_G") {
+            o.norm_g = v.into();
+        }
+        if let Some(v) = get("norm_D") {
+            o.norm_d = v.into();
+        }
+        if let Some(v) = get("norm_E") {
+            o.norm_e = v.into();
+        }
+        if let Some(v) = get("num_upsampling_layers") {
+            o.num_upsampling_layers = Upsampling::parse(v)?;
+        }
+        o.raw = raw;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Checks the options that the networks need, with messages naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let opt = |option: &str, value: String, expected: &str| Error::Option {
+            option: option.into(),
+            value,
+            expected: expected.into(),
+        };
+        if self.label_nc == 0 {
+            return Err(opt("label_nc", "0".into(), "at least 1"));
+        }
+        if self.ngf == 0 {
+            return Err(opt("ngf", "0".into(), "at least 1"));
+        }
+        if !(self.aspect_ratio > 0.0) {
+            return Err(opt("aspect_ratio", self.aspect_ratio.to_string(), "a positive number"));
+        }
+        ConvNorm::parse(&self.norm_d)?;
+        ConvNorm::parse(&self.norm_e)?;
+        match self.net_g {
+            GeneratorKind::Spade => {
+                self.spade_norm()?;
+                let (sh, sw) = self.latent_size();
+                if sh == 0 || sw == 0 {
+                    return Err(opt(
+                        "crop_size",
+                        self.crop_size.to_string(),
+                        &format!(
+                            "at least {} for num_upsampling_layers {}",
+                            1 << self.num_upsampling_layers.num_layers(),
+                            self.num_upsampling_layers.as_str()
+                        ),
+                    ));
+                }
+            }
+            GeneratorKind::Pix2PixHD => {
+                ConvNorm::parse(&self.norm_g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names the option that most probably differs when checkpoint tensor `name` does not fit.
+    pub fn mismatch_hint(&self, name: &str) -> String {
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let first = name.split('.').next().unwrap_or(name);
+        let which = if name.starts_with("fc.") && self.net_g == GeneratorKind::Spade {
+            format!(
+                "use_vae (now {}), z_dim (now {}), ngf (now {}), crop_size/aspect_ratio/num_upsampling_layers (now {}/{}/{}) or label_nc/contain_dontcare_label/no_instance (semantic_nc now {})",
+                py_bool(self.use_vae), self.z_dim, self.ngf, self.crop_size, self.aspect_ratio,
+                self.num_upsampling_layers.as_str(), self.semantic_nc()
+            )
+        } else if name.contains("mlp_shared.0.weight") || (first == "model" && name.starts_with("model.1.")) {
+            format!(
+                "label_nc (now {}), contain_dontcare_label (now {}) or no_instance (now {}): semantic_nc is {}",
+                self.label_nc, py_bool(self.contain_dontcare_label), py_bool(self.no_instance), self.semantic_nc()
+            )
+        } else if first.starts_with("fc_mu") || first.starts_with("fc_var") || first.starts_with("layer6") {
+            format!("ngf (now {}) or crop_size (now {})", self.ngf, self.crop_size)
+        } else if first.starts_with("discriminator") {
+            format!(
+                "ndf (now {}), n_layers_D (now {}), num_D (now {}), norm_D (now {}) or label_nc/contain_dontcare_label/no_instance",
+                self.ndf, self.n_layers_d, self.num_d, self.norm_d
+            )
+        } else if leaf.starts_with("running") || leaf == "num_batches_tracked" || leaf.starts_with("weight_") {
+            format!("norm_G (now {})", self.norm_g)
+        } else if first == "up_4" {
+            format!("num_upsampling_layers (now {})", self.num_upsampling_layers.as_str())
+        } else {
+            format!("ngf (now {}), norm_G (now {})", self.ngf, self.norm_g)
+        };
+        format!("; the option that probably differs: {which}")
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b { "True" } else { "False" }
+}
+
+/// Python 3's `round` (half to even), which the reference uses for the latent height.
+pub fn round_half_even(x: f64) -> usize {
+    let r = x.round();
+    let r = if (x - x.trunc()).abs() == 0.5 && (r as i64) % 2 != 0 { r - x.signum() } else { r };
+    r.max(0.0) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_norm_strings() {
+        let s = SpadeNorm::parse("spectralspadesyncbatch3x3").unwrap();
+        assert_eq!(s, SpadeNorm { spectral: true, param_free: NormType::Batch, kernel: 3 });
+        let s = SpadeNorm::parse("spadeinstance5x5").unwrap();
+        assert_eq!(s, SpadeNorm { spectral: false, param_free: NormType::Instance, kernel: 5 });
+        assert!(SpadeNorm::parse("spectralspadegroup3x3").is_err());
+        assert!(SpadeNorm::parse("spadebatch3x5").is_err());
+        assert_eq!(ConvNorm::parse("spectralsync_batch").unwrap(), ConvNorm { spectral: true, norm: NormType::Batch });
+        assert_eq!(ConvNorm::parse("instance").unwrap(), ConvNorm { spectral: false, norm: NormType::Instance });
+        assert_eq!(ConvNorm::parse("spectralnone").unwrap(), ConvNorm { spectral: true, norm: NormType::None });
+        assert!(ConvNorm::parse("layer").is_err());
+    }
+
+    #[test]
+    fn reads_opt_txt_lines() {
+        let text = "----------------- Options ---------------\n            aspect_ratio: 2.0                           \n                crop_size: 512                            \t[default: 256]\n                 label_nc: 35                            \t[default: 182]\n   contain_dontcare_label: False\n    num_upsampling_layers: more\n                      ngf: 64\n";
+        let o = NetOptions::from_opt_text(text).unwrap();
+        assert_eq!(o.crop_size, 512);
+        assert_eq!(o.label_nc, 35);
+        assert!(!o.contain_dontcare_label);
+        assert_eq!(o.num_upsampling_layers, Upsampling::More);
+        assert_eq!(o.latent_size(), (4, 8));
+        assert_eq!(o.output_size(), (256, 512));
+        assert_eq!(o.semantic_nc(), 36);
+    }
+
+    #[test]
+    fn bad_option_values_are_named() {
+        let e = NetOptions::from_opt_text("ngf: many\n").unwrap_err().to_string();
+        assert!(e.contains("ngf") && e.contains("many"), "{e}");
+        let e = NetOptions::from_opt_text("crop_size: 16\n").unwrap_err().to_string();
+        assert!(e.contains("crop_size") && e.contains("at least 32"), "{e}");
+    }
+
+    #[test]
+    fn python_rounding() {
+        assert_eq!(round_half_even(2.5), 2);
+        assert_eq!(round_half_even(3.5), 4);
+        assert_eq!(round_half_even(4.0 / 1.5), 3);
+    }
+}
