@@ -48,7 +48,7 @@ pub fn load_network<T>(
     let tensors = spade_io::checkpoint::load_state_dict(path)?;
     let hint_opt = opt.clone();
     let mut store = ParamStore::from_state_dict(tensors, DType::F32, device)
-        .with_hint(move |name| hint_opt.mismatch_hint(name));
+        .with_hint(move |name, e, f| hint_opt.mismatch_hint(name, e, f));
     if frozen {
         store = store.frozen();
     }

@@ -324,6 +324,44 @@ impl NetOptions {
         Ok(o)
     }
 
+    /// Writes the options in the reference's `opt.txt` format (readable by [`Self::from_opt_text`]
+    /// and by a human). Keys of `raw` that this struct does not model are kept.
+    pub fn to_opt_text(&self) -> String {
+        let mut m = self.raw.clone();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_string(), v);
+        };
+        put("netG", match self.net_g { GeneratorKind::Spade => "spade".into(), GeneratorKind::Pix2PixHD => "pix2pixhd".into() });
+        put("label_nc", self.label_nc.to_string());
+        put("contain_dontcare_label", py_bool(self.contain_dontcare_label).into());
+        put("no_instance", py_bool(self.no_instance).into());
+        put("output_nc", self.output_nc.to_string());
+        put("ngf", self.ngf.to_string());
+        put("ndf", self.ndf.to_string());
+        put("norm_G", self.norm_g.clone());
+        put("norm_D", self.norm_d.clone());
+        put("norm_E", self.norm_e.clone());
+        put("use_vae", py_bool(self.use_vae).into());
+        put("z_dim", self.z_dim.to_string());
+        put("crop_size", self.crop_size.to_string());
+        put("aspect_ratio", format!("{:?}", self.aspect_ratio));
+        put("num_upsampling_layers", self.num_upsampling_layers.as_str().into());
+        put("resnet_n_downsample", self.resnet_n_downsample.to_string());
+        put("resnet_n_blocks", self.resnet_n_blocks.to_string());
+        put("resnet_kernel_size", self.resnet_kernel_size.to_string());
+        put("resnet_initial_kernel_size", self.resnet_initial_kernel_size.to_string());
+        put("num_D", self.num_d.to_string());
+        put("n_layers_D", self.n_layers_d.to_string());
+        put("no_ganFeat_loss", py_bool(self.no_gan_feat_loss).into());
+        put("init_variance", self.init_variance.to_string());
+        let mut out = String::from("----------------- Options ---------------\n");
+        for (k, v) in &m {
+            out.push_str(&format!("{k:>25}: {v:<30}\n"));
+        }
+        out.push_str("----------------- End -------------------\n");
+        out
+    }
+
     /// Checks the options that the networks need, with messages naming the option.
     pub fn validate(&self) -> Result<()> {
         let opt = |option: &str, value: String, expected: &str| Error::Option {
@@ -351,8 +389,9 @@ impl NetOptions {
                         "crop_size",
                         self.crop_size.to_string(),
                         &format!(
-                            "at least {} for num_upsampling_layers {}",
-                            1 << self.num_upsampling_layers.num_layers(),
+                            "large enough for a latent map of at least 1x1 (crop_size / 2^{} = {sw}, / aspect_ratio {} = {sh}) with num_upsampling_layers {}",
+                            self.num_upsampling_layers.num_layers(),
+                            self.aspect_ratio,
                             self.num_upsampling_layers.as_str()
                         ),
                     ));
@@ -365,34 +404,58 @@ impl NetOptions {
         Ok(())
     }
 
-    /// Names the option that most probably differs when checkpoint tensor `name` does not fit.
-    pub fn mismatch_hint(&self, name: &str) -> String {
+    /// Names the option that most probably differs when checkpoint tensor `name` does not fit:
+    /// `found` is the checkpoint's shape (None when the tensor is missing or unexpected).
+    pub fn mismatch_hint(&self, name: &str, expected: &[usize], found: Option<&[usize]>) -> String {
         let leaf = name.rsplit('.').next().unwrap_or(name);
         let first = name.split('.').next().unwrap_or(name);
-        let which = if name.starts_with("fc.") && self.net_g == GeneratorKind::Spade {
+        let differs = |d: usize| match found {
+            Some(f) => f.len() == expected.len() && f.get(d) != expected.get(d),
+            None => false,
+        };
+        let semantic = |found_nc: Option<usize>| {
+            let was = found_nc.map(|c| format!(" (the checkpoint was trained with {c} input channels)")).unwrap_or_default();
             format!(
-                "use_vae (now {}), z_dim (now {}), ngf (now {}), crop_size/aspect_ratio/num_upsampling_layers (now {}/{}/{}) or label_nc/contain_dontcare_label/no_instance (semantic_nc now {})",
-                py_bool(self.use_vae), self.z_dim, self.ngf, self.crop_size, self.aspect_ratio,
-                self.num_upsampling_layers.as_str(), self.semantic_nc()
+                "label_nc (now {}), contain_dontcare_label (now {}) or no_instance (now {}): semantic_nc is {}{was}",
+                self.label_nc,
+                py_bool(self.contain_dontcare_label),
+                py_bool(self.no_instance),
+                self.semantic_nc()
             )
-        } else if name.contains("mlp_shared.0.weight") || (first == "model" && name.starts_with("model.1.")) {
+        };
+        let rank_differs = matches!(found, Some(f) if f.len() != expected.len());
+        let is_input_conv = name.ends_with("mlp_shared.0.weight")
+            || (name.starts_with("fc.") && expected.len() == 4)
+            || name.starts_with("model.1.")
+            || name.contains("model0.0.weight");
+        let which = if name.starts_with("fc.") && (rank_differs || found.is_none()) {
+            format!("use_vae (now {})", py_bool(self.use_vae))
+        } else if is_input_conv && differs(1) {
+            semantic(found.map(|f| f[1]))
+        } else if name.starts_with("fc.") && expected.len() == 2 && differs(1) {
+            format!("z_dim (now {})", self.z_dim)
+        } else if name.starts_with("fc.") && expected.len() <= 2 {
             format!(
-                "label_nc (now {}), contain_dontcare_label (now {}) or no_instance (now {}): semantic_nc is {}",
-                self.label_nc, py_bool(self.contain_dontcare_label), py_bool(self.no_instance), self.semantic_nc()
+                "ngf (now {}) or crop_size / aspect_ratio / num_upsampling_layers (now {} / {} / {})",
+                self.ngf, self.crop_size, self.aspect_ratio, self.num_upsampling_layers.as_str()
             )
-        } else if first.starts_with("fc_mu") || first.starts_with("fc_var") || first.starts_with("layer6") {
-            format!("ngf (now {}) or crop_size (now {})", self.ngf, self.crop_size)
         } else if first.starts_with("discriminator") {
             format!(
-                "ndf (now {}), n_layers_D (now {}), num_D (now {}), norm_D (now {}) or label_nc/contain_dontcare_label/no_instance",
+                "ndf (now {}), n_layers_D (now {}), num_D (now {}) or norm_D (now {})",
                 self.ndf, self.n_layers_d, self.num_d, self.norm_d
             )
-        } else if leaf.starts_with("running") || leaf == "num_batches_tracked" || leaf.starts_with("weight_") {
-            format!("norm_G (now {})", self.norm_g)
         } else if first == "up_4" {
             format!("num_upsampling_layers (now {})", self.num_upsampling_layers.as_str())
+        } else if first == "layer6" {
+            format!("crop_size (now {})", self.crop_size)
+        } else if first.starts_with("layer") || first.starts_with("fc_") {
+            format!("ngf (now {}) or norm_E (now {})", self.ngf, self.norm_e)
+        } else if found.is_none() || leaf.starts_with("running") || leaf == "weight_u" || leaf == "weight_v" || leaf == "num_batches_tracked" {
+            format!("norm_G (now {}) or netG (now {:?})", self.norm_g, self.net_g)
+        } else if differs(2) || differs(3) {
+            format!("norm_G's kernel size or resnet_kernel_size (norm_G now {})", self.norm_g)
         } else {
-            format!("ngf (now {}), norm_G (now {})", self.ngf, self.norm_g)
+            format!("ngf (now {})", self.ngf)
         };
         format!("; the option that probably differs: {which}")
     }
@@ -445,7 +508,30 @@ mod tests {
         let e = NetOptions::from_opt_text("ngf: many\n").unwrap_err().to_string();
         assert!(e.contains("ngf") && e.contains("many"), "{e}");
         let e = NetOptions::from_opt_text("crop_size: 16\n").unwrap_err().to_string();
-        assert!(e.contains("crop_size") && e.contains("at least 32"), "{e}");
+        assert!(e.contains("crop_size") && e.contains("= 0"), "{e}");
+    }
+
+    #[test]
+    fn opt_text_round_trips() {
+        let mut o = NetOptions::default();
+        o.net_g = GeneratorKind::Pix2PixHD;
+        o.norm_g = "instance".into();
+        o.label_nc = 35;
+        o.aspect_ratio = 2.0;
+        o.no_instance = true;
+        let back = NetOptions::from_opt_text(&o.to_opt_text()).unwrap();
+        assert_eq!(NetOptions { raw: Default::default(), ..back }, o);
+    }
+
+    #[test]
+    fn hint_names_the_differing_option() {
+        let o = NetOptions { label_nc: 6, ..Default::default() };
+        let h = o.mismatch_hint("fc.weight", &[1024, 8, 3, 3], Some(&[1024, 9, 3, 3]));
+        assert!(h.contains("label_nc (now 6)") && h.contains("9 input channels"), "{h}");
+        let h = o.mismatch_hint("fc.weight", &[1024, 8, 3, 3], Some(&[16384, 256]));
+        assert!(h.contains("use_vae (now False)"), "{h}");
+        let h = o.mismatch_hint("head_0.conv_0.weight_orig", &[1024, 1024, 3, 3], Some(&[512, 512, 3, 3]));
+        assert!(h.contains("ngf (now 64)"), "{h}");
     }
 
     #[test]

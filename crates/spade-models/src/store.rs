@@ -13,6 +13,9 @@ use rand_distr::Distribution;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// Explains a checkpoint mismatch: (name, expected shape, found shape if present).
+pub type HintFn = dyn Fn(&str, &[usize], Option<&[usize]>) -> String + Send + Sync;
+
 /// What a stored tensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -55,7 +58,7 @@ pub struct ParamStore {
     /// When false (inference), parameters are handed out detached so no autograd graph is kept.
     trainable: bool,
     /// Extra text appended to shape errors, naming the option that probably differs.
-    hint: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    hint: Arc<HintFn>,
 }
 
 impl std::fmt::Debug for ParamStore {
@@ -87,7 +90,7 @@ impl ParamStore {
             device: device.clone(),
             dtype,
             trainable: true,
-            hint: Arc::new(|_| String::new()),
+            hint: Arc::new(|_, _, _| String::new()),
         }
     }
 
@@ -99,7 +102,7 @@ impl ParamStore {
     }
 
     /// Sets the function that explains a shape mismatch of a given tensor name.
-    pub fn with_hint(mut self, hint: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+    pub fn with_hint(mut self, hint: impl Fn(&str, &[usize], Option<&[usize]>) -> String + Send + Sync + 'static) -> Self {
         self.hint = Arc::new(hint);
         self
     }
@@ -134,7 +137,7 @@ impl ParamStore {
                             name: name.to_string(),
                             expected: shape.dims().to_vec(),
                             found: t.dims().to_vec(),
-                            hint: (self.hint)(name),
+                            hint: (self.hint)(name, shape.dims(), Some(t.dims())),
                         });
                     }
                     t.to_device(&self.device)?.to_dtype(dtype)?
@@ -143,7 +146,7 @@ impl ParamStore {
                     return Err(Error::MissingTensor {
                         name: name.to_string(),
                         expected: shape.dims().to_vec(),
-                        hint: (self.hint)(name),
+                        hint: (self.hint)(name, shape.dims(), None),
                     })
                 }
             },
@@ -202,7 +205,7 @@ impl ParamStore {
             return Ok(());
         }
         unused.sort();
-        let hint = (self.hint)(unused[0]);
+        let hint = (self.hint)(unused[0], &[], None);
         let shown: Vec<String> = unused.iter().take(6).map(|s| format!("`{s}`")).collect();
         let more = if unused.len() > 6 { format!(" and {} more", unused.len() - 6) } else { String::new() };
         Err(Error::UnexpectedTensors { names: format!("{}{more}", shown.join(", ")), hint })
@@ -220,7 +223,7 @@ impl ParamStore {
                     name: name.clone(),
                     expected: var.dims().to_vec(),
                     found: t.dims().to_vec(),
-                    hint: (self.hint)(name),
+                    hint: (self.hint)(name, var.dims(), Some(t.dims())),
                 });
             }
             var.set(&t.to_device(&self.device)?.to_dtype(var.dtype())?)?;

@@ -4,3 +4,6 @@ pub mod norm;
 pub mod ops;
 pub mod spade;
 pub mod spectral;
+
+#[cfg(test)]
+mod tests;

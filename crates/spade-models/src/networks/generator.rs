@@ -110,3 +110,43 @@ impl SpadeGenerator {
         self.conv_img.forward_t(&leaky_relu(&x, 0.2)?, train)?.tanh()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ParamStore;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn coco_generator_has_97_5m_parameters() {
+        // ngf 64, COCO-Stuff: 182 labels + don't care + instance edges = 184 input channels.
+        let opt = NetOptions::default();
+        assert_eq!(opt.semantic_nc(), 184);
+        let store = ParamStore::fresh(0, DType::F32, &Device::Cpu);
+        SpadeGenerator::new(&opt, &store.root()).unwrap();
+        let n = store.num_params();
+        println!("SPADEGenerator ngf 64, 184 channels: {n} parameters");
+        assert_eq!((n as f64 / 1e5).round() / 10.0, 97.5, "{n}");
+    }
+
+    #[test]
+    fn small_generator_shapes_any_aspect_ratio() {
+        let opt = NetOptions {
+            label_nc: 3,
+            ngf: 2,
+            crop_size: 128,
+            aspect_ratio: 2.0,
+            num_upsampling_layers: Upsampling::More,
+            ..Default::default()
+        };
+        let store = ParamStore::fresh(1, DType::F32, &Device::Cpu);
+        let g = SpadeGenerator::new(&opt, &store.root()).unwrap();
+        let (h, w) = opt.output_size();
+        assert_eq!((h, w), (64, 128));
+        let seg = Tensor::zeros((2, opt.semantic_nc(), h, w), DType::F32, &Device::Cpu).unwrap();
+        let out = g.forward_t(&seg, None, true).unwrap();
+        assert_eq!(out.dims(), &[2, 3, 64, 128]);
+        let m = out.abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(m.to_scalar::<f32>().unwrap() <= 1.0);
+    }
+}
