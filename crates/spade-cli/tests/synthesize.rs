@@ -1,0 +1,110 @@
+//! `spade synthesize` end to end on a checkpoint the test makes itself (no ../shared needed):
+//! output equals an in-process forward; a wrong opt.txt and a bad label value give clear errors.
+use candle_core::{DType, Device, Tensor};
+use spade_models::checkpoint::Generator;
+use spade_models::{NetOptions, ParamStore, SemanticsSpec};
+use std::path::Path;
+use std::process::Command;
+
+fn tiny_options() -> NetOptions {
+    NetOptions { label_nc: 4, ngf: 2, crop_size: 32, ..Default::default() }
+}
+
+fn write_gray(path: &Path, w: u32, h: u32, f: impl Fn(u32, u32) -> u8) {
+    image::GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)])).save(path).unwrap();
+}
+
+/// A run directory with random weights (safetensors), opt.txt, a 40x40 label and instance map.
+fn setup(dir: &Path) -> (NetOptions, Generator) {
+    let opt = tiny_options();
+    let store = ParamStore::fresh(7, DType::F32, &Device::Cpu);
+    let g = Generator::new(&opt, &store.root()).unwrap();
+    spade_io::checkpoint::save_safetensors(&dir.join("latest_net_G.safetensors"), &store.state_dict()).unwrap();
+    std::fs::write(dir.join("opt.txt"), opt.to_opt_text()).unwrap();
+    write_gray(&dir.join("scene.png"), 40, 40, |x, y| if x < 10 { 255 } else { ((x / 10 + y / 20) % 4) as u8 });
+    write_gray(&dir.join("scene_inst.png"), 40, 40, |x, _| (x / 13) as u8);
+    (opt, g)
+}
+
+fn spade(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_spade")).args(args).output().unwrap()
+}
+
+#[test]
+fn synthesizes_what_the_network_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (opt, g) = setup(d);
+    let out = d.join("out");
+    let o = spade(&[
+        "synthesize",
+        "--checkpoint", d.to_str().unwrap(),
+        "--label", d.join("scene.png").to_str().unwrap(),
+        "--instance", d.join("scene_inst.png").to_str().unwrap(),
+        "--output-dir", out.to_str().unwrap(),
+        "--raw",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = image::open(out.join("scene.png")).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (32, 32));
+    let raw = Tensor::read_npy(out.join("scene.npy")).unwrap();
+    assert_eq!(raw.dims(), &[3, 32, 32]);
+
+    // The same input built in-process: the 40x40 maps resized (nearest, as PIL) to 32x32.
+    let idx = |i: u32| (i as f64 * 40.0 / 32.0 + 40.0 / 64.0).floor() as u32;
+    let mut ids: Vec<u32> = (0..32 * 32)
+        .map(|p| {
+            let (x, y) = (idx(p % 32), idx(p / 32));
+            if x < 10 { 255 } else { (x / 10 + y / 20) % 4 }
+        })
+        .collect();
+    let inst: Vec<u32> = (0..32 * 32).map(|p| idx(p % 32) / 13).collect();
+    let spec = SemanticsSpec::from(&opt);
+    spec.ids_from_raw(&mut ids, 32, "scene.png").unwrap();
+    let seg = spec.build(&[&ids], Some(&[&inst]), 32, 32, &Device::Cpu).unwrap();
+    let want = g.forward_t(&seg, None, false).unwrap().squeeze(0).unwrap();
+    let err: f32 = (raw - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    assert!(err < 1e-5, "raw output differs from the in-process forward by {err}");
+    // PNG = (x + 1) / 2 * 255 truncated
+    let v: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(png.get_pixel(5, 7)[1], ((v[32 * 32 + 7 * 32 + 5] + 1.0) / 2.0 * 255.0) as u8);
+}
+
+#[test]
+fn wrong_options_name_tensor_shapes_and_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    let wrong = NetOptions { label_nc: 5, ..tiny_options() };
+    std::fs::write(d.join("opt.txt"), wrong.to_opt_text()).unwrap();
+    let o = spade(&[
+        "synthesize",
+        "--checkpoint", d.to_str().unwrap(),
+        "--label", d.join("scene.png").to_str().unwrap(),
+        "--instance", d.join("scene_inst.png").to_str().unwrap(),
+        "--output-dir", d.join("out").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("latest_net_G.safetensors"), "{err}");
+    assert!(err.contains("`fc.weight` has shape [32, 6, 3, 3], but the options build [32, 7, 3, 3]"), "{err}");
+    assert!(err.contains("label_nc (now 5)"), "{err}");
+}
+
+#[test]
+fn label_value_out_of_range_names_file_and_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d);
+    write_gray(&d.join("bad.png"), 32, 32, |x, _| if x == 3 { 9 } else { 1 });
+    let o = spade(&[
+        "synthesize",
+        "--checkpoint", d.to_str().unwrap(),
+        "--label", d.join("bad.png").to_str().unwrap(),
+        "--instance", d.join("scene_inst.png").to_str().unwrap(),
+        "--output-dir", d.join("out").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.png: label value 9 at (x=3, y=0) is outside the valid range 0..=3 or 255"), "{err}");
+}
