@@ -1,0 +1,4 @@
+//! Training SPADE and the paper's baselines: the reference's objective and schedule,
+//! optimisers with exposed state, checkpoints and resume.
+pub mod optim;
+pub mod trainer;

@@ -1,0 +1,205 @@
+//! One training iteration as the reference's `Pix2PixTrainer` runs it: a generator step
+//! (fake from G in training mode, D on [fake; real] along the batch, G losses, Adam on G (+E)),
+//! then a discriminator step (fake regenerated without gradient, D losses, Adam on D).
+use crate::optim::{Adam, AdamConfig};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Result, Tensor};
+use spade_models::checkpoint::Generator;
+use spade_models::loss::{feature_matching, gan_loss, kld, GanMode, Vgg19};
+use spade_models::networks::encoder::reparameterize;
+use spade_models::{ConvEncoder, MultiscaleDiscriminator, NetOptions, ParamStore};
+
+/// Loss weights and switches (the reference's flags).
+#[derive(Debug, Clone)]
+pub struct LossOptions {
+    pub gan_mode: GanMode,
+    pub lambda_feat: f64,
+    pub lambda_vgg: f64,
+    pub lambda_kld: f64,
+    pub no_gan_feat_loss: bool,
+}
+
+/// Optimiser settings (the reference's flags).
+#[derive(Debug, Clone, Copy)]
+pub struct OptimOptions {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub no_ttur: bool,
+}
+
+impl OptimOptions {
+    /// (G config, D config) as the reference derives them: with TTUR, betas (0, 0.9),
+    /// G lr / 2 and D lr * 2; without, the given betas and one lr.
+    pub fn adam_configs(&self, lr: f64) -> (AdamConfig, AdamConfig) {
+        let (b1, b2, lg, ld) = if self.no_ttur {
+            (self.beta1, self.beta2, lr, lr)
+        } else {
+            (0.0, 0.9, lr / 2.0, lr * 2.0)
+        };
+        let c = |lr| AdamConfig { lr, beta1: b1, beta2: b2, eps: 1e-8 };
+        (c(lg), c(ld))
+    }
+}
+
+/// The networks of a run and their stores.
+pub struct Nets {
+    pub g: Generator,
+    pub g_store: ParamStore,
+    pub d: MultiscaleDiscriminator,
+    pub d_store: ParamStore,
+    pub e: Option<(ConvEncoder, ParamStore)>,
+}
+
+impl Nets {
+    /// Fresh networks, initialised as the reference (xavier, gain init_variance) from `seed`.
+    pub fn fresh(opt: &NetOptions, seed: u64, device: &Device) -> spade_models::Result<Self> {
+        let g_store = ParamStore::fresh(seed, DType::F32, device);
+        let g = Generator::new(opt, &g_store.root())?;
+        let d_store = ParamStore::fresh(seed.wrapping_add(1), DType::F32, device);
+        let d = MultiscaleDiscriminator::new(opt, &d_store.root())?;
+        let e = if opt.use_vae {
+            let s = ParamStore::fresh(seed.wrapping_add(2), DType::F32, device);
+            Some((ConvEncoder::new(opt, &s.root())?, s))
+        } else {
+            None
+        };
+        Ok(Self { g, g_store, d, d_store, e })
+    }
+}
+
+/// Named loss values of one step.
+pub type Losses = Vec<(String, f64)>;
+
+pub struct Trainer {
+    pub opt: NetOptions,
+    pub loss: LossOptions,
+    pub optim: OptimOptions,
+    pub nets: Nets,
+    pub vgg: Option<Vgg19>,
+    pub opt_g: Adam,
+    pub opt_d: Adam,
+    /// The gradients of the last generator and discriminator steps (for inspection and tests).
+    pub last_grads: (Option<GradStore>, Option<GradStore>),
+    rng: rand::rngs::StdRng,
+}
+
+fn named(store: &ParamStore) -> Vec<(String, candle_core::Var)> {
+    store.entries().into_iter().filter(|e| e.kind == spade_models::store::Kind::Param).map(|e| (e.name, e.var)).collect()
+}
+
+impl Trainer {
+    pub fn new(
+        opt: NetOptions,
+        loss: LossOptions,
+        optim: OptimOptions,
+        nets: Nets,
+        vgg: Option<Vgg19>,
+        seed: u64,
+    ) -> Result<Self> {
+        let (cg, cd) = optim.adam_configs(optim.lr);
+        let mut g_params = named(&nets.g_store);
+        if let Some((_, s)) = &nets.e {
+            g_params.extend(named(s).into_iter().map(|(n, v)| (format!("netE.{n}"), v)));
+        }
+        let opt_g = Adam::new(g_params, cg)?;
+        let opt_d = Adam::new(named(&nets.d_store), cd)?;
+        use rand::SeedableRng;
+        Ok(Self { opt, loss, optim, nets, vgg, opt_g, opt_d, last_grads: (None, None), rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed) })
+    }
+
+    /// Sets the base learning rate (TTUR splits it as at construction).
+    pub fn set_lr(&mut self, lr: f64) {
+        let (cg, cd) = self.optim.adam_configs(lr);
+        self.opt_g.set_lr(cg.lr);
+        self.opt_d.set_lr(cd.lr);
+    }
+
+    fn randn(&mut self, shape: (usize, usize), device: &Device) -> Result<Tensor> {
+        use rand_distr::Distribution;
+        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rand_distr::StandardNormal.sample(&mut self.rng)).collect();
+        Tensor::from_vec(v, shape, device)
+    }
+
+    /// The generator's output (and mu, logvar with the encoder) in training mode.
+    fn generate(&mut self, sem: &Tensor, real: &Tensor) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let (z, stats) = match &self.nets.e {
+            Some((e, _)) => {
+                let (mu, logvar) = e.forward_t(real, true)?;
+                let eps = self.randn(mu.dims2()?, mu.device())?;
+                (Some(reparameterize(&mu, &logvar, &eps)?), Some((mu, logvar)))
+            }
+            None => (None, None),
+        };
+        let z = match (z, self.nets.g.uses_z()) {
+            (Some(z), _) => Some(z),
+            (None, true) => Some(self.randn((sem.dim(0)?, self.opt.z_dim), sem.device())?),
+            (None, false) => None,
+        };
+        Ok((self.nets.g.forward_t(sem, z.as_ref(), true)?, stats))
+    }
+
+    /// D on cat([sem, fake], [sem, real]) along the batch; returns (pred_fake, pred_real).
+    fn discriminate(&self, sem: &Tensor, fake: &Tensor, real: &Tensor) -> Result<(Vec<Vec<Tensor>>, Vec<Vec<Tensor>>)> {
+        let n = sem.dim(0)?;
+        let input = Tensor::cat(&[Tensor::cat(&[sem, fake], 1)?, Tensor::cat(&[sem, real], 1)?], 0)?;
+        let out = self.nets.d.forward_t(&input, true)?;
+        let half = |first: bool| -> Result<Vec<Vec<Tensor>>> {
+            out.iter()
+                .map(|s| s.iter().map(|t| t.narrow(0, if first { 0 } else { n }, n)).collect())
+                .collect()
+        };
+        Ok((half(true)?, half(false)?))
+    }
+
+    /// The generator step. Returns the losses and the fake it produced.
+    pub fn generator_step(&mut self, sem: &Tensor, real: &Tensor) -> Result<(Losses, Tensor)> {
+        let (fake, stats) = self.generate(sem, real)?;
+        let (pred_fake, pred_real) = self.discriminate(sem, &fake, real)?;
+        let mut terms: Vec<(String, Tensor)> = Vec::new();
+        if let Some((mu, logvar)) = &stats {
+            terms.push(("KLD".into(), (kld(mu, logvar)? * self.loss.lambda_kld)?));
+        }
+        terms.push(("GAN".into(), gan_loss(&pred_fake, true, false, self.loss.gan_mode)?));
+        if !self.loss.no_gan_feat_loss {
+            terms.push(("GAN_Feat".into(), feature_matching(&pred_fake, &pred_real, self.loss.lambda_feat)?));
+        }
+        if let Some(vgg) = &self.vgg {
+            terms.push(("VGG".into(), (vgg.loss(&fake, real)? * self.loss.lambda_vgg)?));
+        }
+        let losses = values(&terms)?;
+        let total = sum(&terms)?;
+        let grads = total.backward()?;
+        self.opt_g.step(&grads)?;
+        self.last_grads.0 = Some(grads);
+        Ok((losses, fake.detach()))
+    }
+
+    /// The discriminator step (the fake regenerated by G in training mode, without gradient).
+    pub fn discriminator_step(&mut self, sem: &Tensor, real: &Tensor) -> Result<Losses> {
+        let (fake, _) = self.generate(sem, real)?;
+        let fake = fake.detach();
+        let (pred_fake, pred_real) = self.discriminate(sem, &fake, real)?;
+        let terms = vec![
+            ("D_Fake".to_string(), gan_loss(&pred_fake, false, true, self.loss.gan_mode)?),
+            ("D_real".to_string(), gan_loss(&pred_real, true, true, self.loss.gan_mode)?),
+        ];
+        let losses = values(&terms)?;
+        let grads = sum(&terms)?.backward()?;
+        self.opt_d.step(&grads)?;
+        self.last_grads.1 = Some(grads);
+        Ok(losses)
+    }
+}
+
+fn values(terms: &[(String, Tensor)]) -> Result<Losses> {
+    terms.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F64)?.to_scalar::<f64>()?))).collect()
+}
+
+fn sum(terms: &[(String, Tensor)]) -> Result<Tensor> {
+    let mut total = terms[0].1.clone();
+    for (_, t) in &terms[1..] {
+        total = (total + t)?;
+    }
+    Ok(total)
+}
