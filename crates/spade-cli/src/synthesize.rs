@@ -89,7 +89,12 @@ fn read_style(path: &Path, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
 
 pub fn run(args: Args) -> Result<()> {
     let dev = device(args.cuda)?;
-    let opt_path = args.checkpoint.join("opt.txt");
+    // A training run directory: use the checkpoint its `latest` names.
+    let ckpt = match spade_train::run::latest_checkpoint(&args.checkpoint) {
+        Some(dir) if !args.checkpoint.join("opt.txt").exists() => dir,
+        _ => args.checkpoint.clone(),
+    };
+    let opt_path = ckpt.join("opt.txt");
     let opt = NetOptions::from_opt_file(&opt_path)?;
     let spec = SemanticsSpec::from(&opt);
     let (h, w) = opt.output_size();
@@ -104,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     if !args.styles.is_empty() && args.styles.len() != n {
         bail!("--style: {} style images for {n} labels; give one per label", args.styles.len());
     }
-    let g_path = weights_file(&args.checkpoint, &args.which_epoch, "G")?;
+    let g_path = weights_file(&ckpt, &args.which_epoch, "G")?;
     let (g, _) = load_network(&g_path, &opt, &dev, true, |vb| Generator::new(&opt, vb))?;
     if !g.uses_z() && (args.z.is_some() || !args.styles.is_empty()) {
         bail!("{}: use_vae is False, so the generator takes no z: drop --z/--style", opt_path.display());
@@ -130,7 +135,7 @@ pub fn run(args: Args) -> Result<()> {
     let encoder = if args.styles.is_empty() {
         None
     } else {
-        let e_path = weights_file(&args.checkpoint, &args.which_epoch, "E")?;
+        let e_path = weights_file(&ckpt, &args.which_epoch, "E")?;
         Some(load_network(&e_path, &opt, &dev, true, |vb| ConvEncoder::new(&opt, vb))?.0)
     };
 

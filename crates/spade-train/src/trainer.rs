@@ -108,6 +108,13 @@ impl Trainer {
         Ok(Self { opt, loss, optim, nets, vgg, opt_g, opt_d, last_grads: (None, None), rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed) })
     }
 
+    /// Re-seeds the sampling noise (VAE eps, random z) from (seed, iteration), so that a
+    /// resumed run draws exactly what an uninterrupted one would.
+    pub fn reseed(&mut self, seed: u64, iteration: u64) {
+        use rand::SeedableRng;
+        self.rng = rand::rngs::StdRng::seed_from_u64(seed ^ iteration.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+
     /// Sets the base learning rate (TTUR splits it as at construction).
     pub fn set_lr(&mut self, lr: f64) {
         let (cg, cd) = self.optim.adam_configs(lr);
