@@ -1,7 +1,10 @@
 //! `spade`: the command line. A thin `main` dispatching to one module per subcommand.
 use clap::{Parser, Subcommand};
 
+mod dataset;
+mod fid;
 mod synthesize;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "spade", version, about = "Semantic image synthesis (SPADE / GauGAN) in Rust")]
@@ -14,11 +17,20 @@ struct Cli {
 enum Command {
     /// Turn label maps into images with a trained generator.
     Synthesize(synthesize::Args),
+    /// Train a model from an experiment YAML.
+    Train(train::Args),
+    /// Check a dataset on disk, or export the built-in synthetic dataset.
+    Dataset(dataset::Args),
+    /// FID between two image folders or statistics .npz files, as pytorch-fid computes it.
+    Fid(fid::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Synthesize(args) => synthesize::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Dataset(args) => dataset::run(args),
+        Command::Fid(args) => fid::run(args),
     }
 }

@@ -1,0 +1,26 @@
+//! Evaluation for the SPADE reproduction (SPEC.md section 6).
+//!
+//! - FID exactly as pytorch-fid computes it: [`inception::FidInception`] (pytorch-fid's
+//!   Inception-v3 with its FID blocks), torch's bilinear resize to 299x299, pool3 features,
+//!   [`frechet::GaussianStats`] with the `N - 1` covariance, [`frechet::frechet_distance`]
+//!   through symmetric eigendecompositions, statistics `.npz` files compatible with
+//!   pytorch-fid ([`stats_io`]), weights from a path or a Hugging Face hub cache
+//!   ([`weights`]). Without weights, FID is [`MetricsError::FidUnavailable`].
+//! - Segmentation metrics ([`segmentation`]): a confusion matrix over the dataset, pixel
+//!   accuracy and mIoU with the don't-care handling explicit, and the [`Segmenter`] trait.
+pub mod error;
+pub mod fid;
+pub mod frechet;
+pub mod inception;
+pub mod resize;
+pub mod segmentation;
+pub mod stats_io;
+pub mod weights;
+
+pub use error::{MetricsError, Result};
+pub use fid::{fid, list_images, load_image, pool3_of_files, FidInput};
+pub use frechet::{frechet_distance, GaussianStats};
+pub use inception::{FidInception, FID_INPUT_SIZE, POOL3_DIM};
+pub use segmentation::{ConfusionMatrix, DontCare, LabelResize, SegScores, Segmenter};
+pub use stats_io::{load_stats, save_stats};
+pub use weights::{load_fid_inception, HubFile, ResolvedWeights, FID_WEIGHTS_FILE};
