@@ -1,1 +1,27 @@
-fn main() {}
+//! `cargo xtask`: project automation. A thin `main` dispatching to one module per subcommand.
+use clap::{Parser, Subcommand};
+
+mod report;
+mod reproduce;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train and evaluate every row of a paper table, then build its report.
+    Reproduce(reproduce::Args),
+    /// Rebuild reports/<table>.md and .csv from the runs on disk.
+    Report(report::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Reproduce(a) => reproduce::run(a),
+        Command::Report(a) => report::run(a),
+    }
+}

@@ -1,6 +1,8 @@
 //! Training SPADE and the paper's baselines: the reference's objective and schedule,
 //! optimisers with exposed state, checkpoints and resume.
 pub mod config;
+pub mod evaluate;
 pub mod optim;
 pub mod run;
+pub mod segmenter;
 pub mod trainer;

@@ -22,6 +22,8 @@ pub enum TrainError {
     Io(#[from] spade_io::IoError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Metrics(#[from] spade_metrics::MetricsError),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("iteration {iteration}: loss {term} is {value}; stopping (the last good checkpoint is {checkpoint})")]

@@ -1,0 +1,171 @@
+//! `cargo xtask reproduce <table>`: every row of `experiments/<table>.yaml` trained (or reused
+//! when a finished run has the same resolved config), evaluated, and reported.
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::Deserialize;
+use spade_train::config::ExperimentConfig;
+use spade_train::evaluate::evaluate_run;
+use spade_train::run::{train, RunOptions};
+use spade_train::segmenter::{SegmenterSpec, SyntheticSegmenter};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Table name: experiments/<table>.yaml.
+    pub table: String,
+    #[arg(long, default_value = "mini")]
+    pub profile: String,
+    /// synthetic (built in), coco-stuff, ade20k, cityscapes or folder.
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: String,
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Only these rows (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// Retrain rows even when a finished run with the same config exists.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Extra overrides for every row (`--set train.lr=0.0001`).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TableFile {
+    pub table: String,
+    pub title: String,
+    pub metric: String,
+    #[serde(default)]
+    pub paper_note: String,
+    pub base: serde_yaml_ng::Value,
+    pub profiles: BTreeMap<String, Profile>,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Profile {
+    pub description: String,
+    pub scale: String,
+    #[serde(default)]
+    pub set: Vec<String>,
+    #[serde(default)]
+    pub segmenter: Option<SegmenterSpec>,
+    pub compact_ngf: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Row {
+    pub id: String,
+    pub method: String,
+    #[serde(default)]
+    pub paper: BTreeMap<String, serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub set: Vec<String>,
+    #[serde(default)]
+    pub compact: bool,
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+pub fn load_table(name: &str) -> Result<TableFile> {
+    let path = workspace_root().join("experiments").join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the table", path.display()))?;
+    serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not a table file", path.display()))
+}
+
+/// The resolved experiment of one row under a profile and dataset.
+pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> Result<ExperimentConfig> {
+    let base = serde_yaml_ng::to_string(&t.base)?;
+    let mut sets = profile.set.clone();
+    if args.dataset != "synthetic" {
+        let mode = match args.dataset.as_str() {
+            "coco-stuff" | "coco" => "coco",
+            "ade20k" => "ade20k",
+            "cityscapes" => "cityscapes",
+            "folder" | "custom" => "custom",
+            other => bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, cityscapes or folder"),
+        };
+        let root = args.data_root.as_ref().context("--dataset needs --data-root")?;
+        sets.push(format!("data.dataset_mode={mode}"));
+        sets.push(format!("data.dataroot={}", root.display()));
+        sets.retain(|s| !s.starts_with("data.synthetic_count"));
+    }
+    sets.extend(row.set.iter().cloned());
+    if row.compact {
+        let ngf = profile.compact_ngf.context("the profile has no compact_ngf for compact rows")?;
+        sets.push(format!("model.ngf={ngf}"));
+    }
+    sets.extend(args.sets.iter().cloned());
+    sets.push(format!("name={}/{}", t.table, row.id));
+    Ok(ExperimentConfig::from_yaml(&base, &sets).with_context(|| format!("row {}", row.id))?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let t = load_table(&args.table)?;
+    let profile = t.profiles.get(&args.profile).with_context(|| {
+        format!("profile {} not in experiments/{}.yaml (have: {:?})", args.profile, args.table, t.profiles.keys().collect::<Vec<_>>())
+    })?;
+    let rows: Vec<&Row> = t.rows.iter().filter(|r| args.rows.is_empty() || args.rows.contains(&r.id)).collect();
+    if rows.is_empty() {
+        bail!("--rows {:?} selects no row of {}", args.rows, args.table);
+    }
+    let root = workspace_root();
+    let runs = root.join("runs").join(&t.table);
+    std::fs::create_dir_all(&runs)?;
+    let device = Device::Cpu;
+    let segmenter = if args.dataset == "synthetic" {
+        let spec = profile.segmenter.context("the profile has no segmenter settings for the synthetic dataset")?;
+        eprintln!("segmenter: loading or training the synthetic segmentation network ({} iterations)", spec.iterations);
+        Some(SyntheticSegmenter::load_or_train(&root.join("runs/cache"), spec, &device, true)?)
+    } else {
+        eprintln!("segmentation metrics: no segmentation network for {} in this build; reported as unavailable", args.dataset);
+        None
+    };
+    let job = indicatif::ProgressBar::new(rows.len() as u64);
+    job.set_style(indicatif::ProgressStyle::with_template("rows {pos}/{len} [{elapsed_precise} elapsed, ETA {eta}] {msg}")?);
+    for row in rows {
+        job.set_message(format!("{} ({})", row.id, row.method));
+        let cfg = row_config(&t, profile, row, &args)?;
+        let dir = runs.join(&row.id);
+        let yaml = cfg.to_yaml();
+        let finished = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref() == Some(yaml.as_str())
+            && dir.join("metrics.json").is_file()
+            && dir.join("row.json").is_file();
+        if finished && !args.fresh {
+            job.println(format!("{}: reusing the finished run with the same config", row.id));
+            job.inc(1);
+            continue;
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot clear the old run", dir.display()))?;
+        }
+        let t0 = Instant::now();
+        let ro = RunOptions { output_dir: dir.clone(), resume: false, max_iters: None, progress: true, device: device.clone() };
+        let summary = train(&cfg, &ro).with_context(|| format!("training row {}", row.id))?;
+        let train_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        evaluate_run(&dir, &cfg, segmenter.as_ref().map(|s| s as &dyn spade_metrics::Segmenter), None, &device)
+            .with_context(|| format!("evaluating row {}", row.id))?;
+        let row_info = serde_json::json!({
+            "table": t.table, "row": row.id, "method": row.method, "profile": args.profile,
+            "profile_scale": profile.scale, "dataset": args.dataset,
+            "iterations": summary.iterations, "train_wall_s": train_s, "eval_wall_s": t1.elapsed().as_secs_f64(),
+            "config_sha256": sha256(yaml.as_bytes()),
+        });
+        std::fs::write(dir.join("row.json"), serde_json::to_string_pretty(&row_info)?)?;
+        job.println(format!("{}: {} iterations in {:.0} s", row.id, summary.iterations, train_s));
+        job.inc(1);
+    }
+    job.finish();
+    crate::report::build(&t, &args.profile)
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
