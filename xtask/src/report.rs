@@ -10,11 +10,13 @@ use std::path::Path;
 pub struct Args {
     #[arg(default_value = "table3")]
     pub table: String,
+    #[arg(long, default_value = "mini")]
+    pub profile: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let t = load_table(&args.table)?;
-    build(&t, "")
+    build(&t, &args.profile)
 }
 
 fn read_json(p: &Path) -> Result<Value> {
@@ -48,9 +50,11 @@ fn final_losses(path: &Path) -> String {
     sums.iter().map(|(k, (s, n))| format!("{k} {:.3}", s / *n as f64)).collect::<Vec<_>>().join(", ")
 }
 
-pub fn build(t: &TableFile, _profile_hint: &str) -> Result<()> {
+/// Writes reports/<table>.md and .csv (reports/<table>-<profile>.* for profiles other than mini).
+pub fn build(t: &TableFile, profile: &str) -> Result<()> {
     let root = workspace_root();
-    let runs = root.join("runs").join(&t.table);
+    let runs = crate::reproduce::runs_dir(&t.table, profile);
+    let stem = if profile == "mini" { t.table.clone() } else { format!("{}-{profile}", t.table) };
     let mut md = String::new();
     let mut csv = String::from("row,method,profile,dataset,params_G,paper_params,miou_generated,accuracy_generated,miou_generated_count_dontcare,miou_real_images,fid,paper_coco_miou,iterations,train_wall_s,eval_wall_s\n");
     let mut measured: Vec<(String, f64)> = Vec::new();
@@ -88,10 +92,10 @@ pub fn build(t: &TableFile, _profile_hint: &str) -> Result<()> {
         if protocol.is_empty() {
             protocol = match seg.get("protocol") {
                 Some(p) => format!(
-                    "Segmentation protocol: {} (weights sha256 `{}`), input {:?}, label resize {}, don't-care: both settings reported; {} validation images per row. FID: {}.\n",
+                    "Segmentation protocol: {} (weights sha256 `{}`), input {}x{}, label resize {}, don't-care: both settings reported; {} validation images per row. FID: {}.\n",
                     p["segmenter"].as_str().unwrap_or("?"),
                     &p["weights_sha256"].as_str().unwrap_or("?")[..12.min(p["weights_sha256"].as_str().unwrap_or("?").len())],
-                    p["input_resolution"],
+                    p["input_resolution"][0], p["input_resolution"][1],
                     p["label_resize"].as_str().unwrap_or("?"),
                     m["samples"],
                     m["fid"]["unavailable"].as_str().unwrap_or("computed with pytorch-fid's Inception")
@@ -101,27 +105,59 @@ pub fn build(t: &TableFile, _profile_hint: &str) -> Result<()> {
         }
         let f = |v: &Value| v.as_f64().map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_else(|| "n/a".into());
         let params = run["parameters_G"].as_u64().unwrap_or(0);
-        let paper_p = row.paper.get("params").map(|v| serde_yaml_ng::to_string(v).unwrap_or_default().trim().to_string()).unwrap_or_default();
+        let paper_p = row
+            .paper
+            .get("params")
+            .map(|v| serde_yaml_ng::to_string(v).unwrap_or_default().trim().to_string())
+            .unwrap_or_default();
         let paper_coco = row.paper.get("coco").and_then(|v| v.as_f64()).map(|x| format!("{x}")).unwrap_or_default();
         let fid = m["fid"]["value"].as_f64().map(|x| format!("{x:.1}")).unwrap_or_else(|| "unavailable".into());
         let train_s = info["train_wall_s"].as_f64().unwrap_or(0.0);
         writeln!(
             table,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
-            row.method, fmt_params(params), paper_p, f(&gen["mIoU"]), f(&gen["accuracy"]), f(&gen_count["mIoU"]),
-            f(&real["mIoU"]), fid, paper_coco, info["iterations"], train_s
+            row.method,
+            fmt_params(params),
+            paper_p,
+            f(&gen["mIoU"]),
+            f(&gen["accuracy"]),
+            f(&gen_count["mIoU"]),
+            f(&real["mIoU"]),
+            fid,
+            paper_coco,
+            info["iterations"],
+            train_s
         )?;
         writeln!(
             csv,
             "{},\"{}\",{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1}",
-            row.id, row.method, info["profile"].as_str().unwrap_or(""), info["dataset"].as_str().unwrap_or(""), params, paper_p,
-            gen["mIoU"], gen["accuracy"], gen_count["mIoU"], real["mIoU"], m["fid"]["value"], paper_coco, info["iterations"],
-            train_s, info["eval_wall_s"].as_f64().unwrap_or(0.0)
+            row.id,
+            row.method,
+            info["profile"].as_str().unwrap_or(""),
+            info["dataset"].as_str().unwrap_or(""),
+            params,
+            paper_p,
+            gen["mIoU"],
+            gen["accuracy"],
+            gen_count["mIoU"],
+            real["mIoU"],
+            m["fid"]["value"],
+            paper_coco,
+            info["iterations"],
+            train_s,
+            info["eval_wall_s"].as_f64().unwrap_or(0.0)
         )?;
         if let Some(x) = gen["mIoU"].as_f64() {
             measured.push((row.id.clone(), x));
         }
-        writeln!(curves, "- {}: {} (samples: `runs/{}/{}/eval_samples/grid.png`)", row.method, final_losses(&dir.join("losses.jsonl")), t.table, row.id)?;
+        writeln!(
+            curves,
+            "- {}: {} (samples: `runs/{}/{}/eval_samples/grid.png`)",
+            row.method,
+            final_losses(&dir.join("losses.jsonl")),
+            t.table,
+            row.id
+        )?;
     }
     md.push_str(&header);
     md.push('\n');
@@ -134,9 +170,9 @@ pub fn build(t: &TableFile, _profile_hint: &str) -> Result<()> {
     writeln!(md, "## Final losses (mean of the last 10% of iterations)\n\n{curves}")?;
     let out = root.join("reports");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join(format!("{}.md", t.table)), md)?;
-    std::fs::write(out.join(format!("{}.csv", t.table)), csv)?;
-    eprintln!("wrote reports/{0}.md and reports/{0}.csv", t.table);
+    std::fs::write(out.join(format!("{stem}.md")), md)?;
+    std::fs::write(out.join(format!("{stem}.csv")), csv)?;
+    eprintln!("wrote reports/{stem}.md and reports/{stem}.csv");
     Ok(())
 }
 
@@ -144,8 +180,12 @@ pub fn build(t: &TableFile, _profile_hint: &str) -> Result<()> {
 /// pix2pixHD++ and pix2pixHD.
 fn ordering(measured: &[(String, f64)]) -> String {
     let get = |id: &str| measured.iter().find(|(r, _)| r == id).map(|(_, v)| *v);
-    let spade: Vec<(&str, f64)> = ["spade", "compact_spade", "pix2pixhdpp_spade"].iter().filter_map(|r| get(r).map(|v| (*r, v))).collect();
-    let others: Vec<(&str, f64)> = ["concat", "pix2pixhdpp_concat", "pix2pixhdpp", "compact_pix2pixhdpp", "pix2pixhd"].iter().filter_map(|r| get(r).map(|v| (*r, v))).collect();
+    let spade: Vec<(&str, f64)> =
+        ["spade", "compact_spade", "pix2pixhdpp_spade"].iter().filter_map(|r| get(r).map(|v| (*r, v))).collect();
+    let others: Vec<(&str, f64)> = ["concat", "pix2pixhdpp_concat", "pix2pixhdpp", "compact_pix2pixhdpp", "pix2pixhd"]
+        .iter()
+        .filter_map(|r| get(r).map(|v| (*r, v)))
+        .collect();
     if spade.is_empty() || others.is_empty() {
         return "Not enough rows were measured to compare.".into();
     }
@@ -153,7 +193,12 @@ fn ordering(measured: &[(String, f64)]) -> String {
     let max_other = others.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
     let violations: Vec<String> = spade
         .iter()
-        .flat_map(|(s, vs)| others.iter().filter(move |(_, vo)| vo >= vs).map(move |(o, vo)| format!("{o} ({:.1}) >= {s} ({:.1})", 100.0 * vo, 100.0 * vs)))
+        .flat_map(|(s, vs)| {
+            others
+                .iter()
+                .filter(move |(_, vo)| vo >= vs)
+                .map(move |(o, vo)| format!("{o} ({:.1}) >= {s} ({:.1})", 100.0 * vo, 100.0 * vs))
+        })
         .collect();
     if min_spade > max_other {
         format!("The paper's ordering appeared: every SPADE row (lowest {:.1}) is above every Concat / pix2pixHD row (highest {:.1}).", 100.0 * min_spade, 100.0 * max_other)

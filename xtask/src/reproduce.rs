@@ -15,6 +15,7 @@ use std::time::Instant;
 pub struct Args {
     /// Table name: experiments/<table>.yaml.
     pub table: String,
+    /// smoke, mini (the default) or paper.
     #[arg(long, default_value = "mini")]
     pub profile: String,
     /// synthetic (built in), coco-stuff, ade20k, cityscapes or folder.
@@ -108,14 +109,19 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> R
 pub fn run(args: Args) -> Result<()> {
     let t = load_table(&args.table)?;
     let profile = t.profiles.get(&args.profile).with_context(|| {
-        format!("profile {} not in experiments/{}.yaml (have: {:?})", args.profile, args.table, t.profiles.keys().collect::<Vec<_>>())
+        format!(
+            "profile {} not in experiments/{}.yaml (have: {:?})",
+            args.profile,
+            args.table,
+            t.profiles.keys().collect::<Vec<_>>()
+        )
     })?;
     let rows: Vec<&Row> = t.rows.iter().filter(|r| args.rows.is_empty() || args.rows.contains(&r.id)).collect();
     if rows.is_empty() {
         bail!("--rows {:?} selects no row of {}", args.rows, args.table);
     }
     let root = workspace_root();
-    let runs = root.join("runs").join(&t.table);
+    let runs = runs_dir(&t.table, &args.profile);
     std::fs::create_dir_all(&runs)?;
     let device = Device::Cpu;
     let segmenter = if args.dataset == "synthetic" {
@@ -123,11 +129,16 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("segmenter: loading or training the synthetic segmentation network ({} iterations)", spec.iterations);
         Some(SyntheticSegmenter::load_or_train(&root.join("runs/cache"), spec, &device, true)?)
     } else {
-        eprintln!("segmentation metrics: no segmentation network for {} in this build; reported as unavailable", args.dataset);
+        eprintln!(
+            "segmentation metrics: no segmentation network for {} in this build; reported as unavailable",
+            args.dataset
+        );
         None
     };
     let job = indicatif::ProgressBar::new(rows.len() as u64);
-    job.set_style(indicatif::ProgressStyle::with_template("rows {pos}/{len} [{elapsed_precise} elapsed, ETA {eta}] {msg}")?);
+    job.set_style(indicatif::ProgressStyle::with_template(
+        "rows {pos}/{len} [{elapsed_precise} elapsed, ETA {eta}] {msg}",
+    )?);
     for row in rows {
         job.set_message(format!("{} ({})", row.id, row.method));
         let cfg = row_config(&t, profile, row, &args)?;
@@ -145,7 +156,13 @@ pub fn run(args: Args) -> Result<()> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot clear the old run", dir.display()))?;
         }
         let t0 = Instant::now();
-        let ro = RunOptions { output_dir: dir.clone(), resume: false, max_iters: None, progress: true, device: device.clone() };
+        let ro = RunOptions {
+            output_dir: dir.clone(),
+            resume: false,
+            max_iters: None,
+            progress: true,
+            device: device.clone(),
+        };
         let summary = train(&cfg, &ro).with_context(|| format!("training row {}", row.id))?;
         let train_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
@@ -163,6 +180,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     job.finish();
     crate::report::build(&t, &args.profile)
+}
+
+/// `runs/<table>/<row>` for the default profile (mini), `runs/<table>-<profile>/<row>` otherwise,
+/// so that a CI smoke run never overwrites the runs a report was built from.
+pub fn runs_dir(table: &str, profile: &str) -> PathBuf {
+    let name = if profile == "mini" { table.to_string() } else { format!("{table}-{profile}") };
+    workspace_root().join("runs").join(name)
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

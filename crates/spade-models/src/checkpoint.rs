@@ -2,6 +2,7 @@
 use crate::error::{Error, Result};
 use crate::networks::generator::SpadeGenerator;
 use crate::networks::pix2pixhd::Pix2PixHDGenerator;
+use crate::networks::variants::{Pix2PixHDVariantGenerator, SpadeConcatGenerator};
 use crate::options::{GeneratorKind, NetOptions};
 use crate::store::{ParamStore, Vb};
 use candle_core::{DType, Device, Tensor};
@@ -12,6 +13,12 @@ use std::path::Path;
 pub enum Generator {
     Spade(SpadeGenerator),
     Pix2PixHD(Pix2PixHDGenerator),
+    /// Table 3's "decoder w/ Concat" (`netG: spadeconcat`).
+    SpadeConcat(SpadeConcatGenerator),
+    /// Table 3's "pix2pixHD++ w/ SPADE" (`netG: pix2pixhd_spade`).
+    Pix2PixHDSpade(Pix2PixHDVariantGenerator),
+    /// Table 3's "pix2pixHD++ w/ Concat" (`netG: pix2pixhd_concat`).
+    Pix2PixHDConcat(Pix2PixHDVariantGenerator),
 }
 
 impl Generator {
@@ -19,6 +26,11 @@ impl Generator {
         Ok(match opt.net_g {
             GeneratorKind::Spade => Generator::Spade(SpadeGenerator::new(opt, vb)?),
             GeneratorKind::Pix2PixHD => Generator::Pix2PixHD(Pix2PixHDGenerator::new(opt, vb)?),
+            GeneratorKind::SpadeConcat => Generator::SpadeConcat(SpadeConcatGenerator::new(opt, vb)?),
+            GeneratorKind::Pix2PixHDSpade => Generator::Pix2PixHDSpade(Pix2PixHDVariantGenerator::new_spade(opt, vb)?),
+            GeneratorKind::Pix2PixHDConcat => {
+                Generator::Pix2PixHDConcat(Pix2PixHDVariantGenerator::new_concat(opt, vb)?)
+            }
         })
     }
 
@@ -27,6 +39,8 @@ impl Generator {
         match self {
             Generator::Spade(g) => g.forward_t(seg, z, train),
             Generator::Pix2PixHD(g) => g.forward_t(seg, train),
+            Generator::SpadeConcat(g) => g.forward_t(seg, train),
+            Generator::Pix2PixHDSpade(g) | Generator::Pix2PixHDConcat(g) => g.forward_t(seg, train),
         }
     }
 

@@ -13,9 +13,7 @@ pub enum Error {
     #[error("{file}: {message}")]
     File { file: PathBuf, message: String },
 
-    #[error(
-        "checkpoint tensor `{name}` has shape {found:?}, but the options build {expected:?}{hint}"
-    )]
+    #[error("checkpoint tensor `{name}` has shape {found:?}, but the options build {expected:?}{hint}")]
     ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize>, hint: String },
 
     #[error("checkpoint has no tensor `{name}` (shape {expected:?}) that the options need{hint}")]

@@ -23,7 +23,11 @@ impl GanMode {
             "ls" => Ok(Self::Ls),
             "original" => Ok(Self::Original),
             "w" => Ok(Self::W),
-            _ => Err(Error::Option { option: "gan_mode".into(), value: s.into(), expected: "hinge, ls, original or w".into() }),
+            _ => Err(Error::Option {
+                option: "gan_mode".into(),
+                value: s.into(),
+                expected: "hinge, ls, original or w".into(),
+            }),
         }
     }
 }

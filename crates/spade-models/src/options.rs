@@ -119,8 +119,46 @@ impl Upsampling {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GeneratorKind {
+    /// `spade`: the SPADE generator (Table 3's "decoder w/ SPADE").
     Spade,
+    /// `pix2pixhd`: pix2pixHD's global generator (pix2pixHD, pix2pixHD++ by its options).
     Pix2PixHD,
+    /// `spadeconcat`: Table 3's "decoder w/ Concat" (SPADE norm_G string; no VAE).
+    SpadeConcat,
+    /// `pix2pixhd_spade`: Table 3's "pix2pixHD++ w/ SPADE" (SPADE norm_G string).
+    Pix2PixHDSpade,
+    /// `pix2pixhd_concat`: Table 3's "pix2pixHD++ w/ Concat" (plain norm_G string).
+    Pix2PixHDConcat,
+}
+
+impl GeneratorKind {
+    pub const ALL: [GeneratorKind; 5] =
+        [Self::Spade, Self::Pix2PixHD, Self::SpadeConcat, Self::Pix2PixHDSpade, Self::Pix2PixHDConcat];
+
+    /// Parses a `netG` value.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| Error::Option {
+            option: "netG".into(),
+            value: s.into(),
+            expected: "spade, pix2pixhd, spadeconcat, pix2pixhd_spade or pix2pixhd_concat".into(),
+        })
+    }
+
+    /// The `netG` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spade => "spade",
+            Self::Pix2PixHD => "pix2pixhd",
+            Self::SpadeConcat => "spadeconcat",
+            Self::Pix2PixHDSpade => "pix2pixhd_spade",
+            Self::Pix2PixHDConcat => "pix2pixhd_concat",
+        }
+    }
+
+    /// Whether norm_G is a SPADE string (`spectralspadesyncbatch3x3`) rather than a plain one.
+    pub fn spade_norm_string(self) -> bool {
+        matches!(self, Self::Spade | Self::SpadeConcat | Self::Pix2PixHDSpade)
+    }
 }
 
 /// The options the networks read, with the reference's names and defaults.
@@ -205,12 +243,12 @@ impl NetOptions {
     /// (H, W) of the generated image.
     pub fn output_size(&self) -> (usize, usize) {
         match self.net_g {
-            GeneratorKind::Spade => {
+            GeneratorKind::Spade | GeneratorKind::SpadeConcat => {
                 let (sh, sw) = self.latent_size();
                 let f = 1 << self.num_upsampling_layers.num_layers();
                 (sh * f, sw * f)
             }
-            GeneratorKind::Pix2PixHD => {
+            GeneratorKind::Pix2PixHD | GeneratorKind::Pix2PixHDSpade | GeneratorKind::Pix2PixHDConcat => {
                 let w = self.crop_size;
                 (round_half_even(w as f64 / self.aspect_ratio), w)
             }
@@ -223,10 +261,8 @@ impl NetOptions {
 
     /// Reads the reference `opt.txt` (lines `name: value [default: x]`).
     pub fn from_opt_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-            file: path.to_path_buf(),
-            message: format!("cannot read options file: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::File { file: path.to_path_buf(), message: format!("cannot read options file: {e}") })?;
         Self::from_opt_text(&text).map_err(|e| Error::File { file: path.to_path_buf(), message: e.to_string() })
     }
 
@@ -263,17 +299,7 @@ impl NetOptions {
             }
         }
         if let Some(v) = get("netG") {
-            o.net_g = match v {
-                "spade" => GeneratorKind::Spade,
-                "pix2pixhd" => GeneratorKind::Pix2PixHD,
-                _ => {
-                    return Err(Error::Option {
-                        option: "netG".into(),
-                        value: v.into(),
-                        expected: "spade or pix2pixhd".into(),
-                    })
-                }
-            };
+            o.net_g = GeneratorKind::parse(v)?;
         }
         macro_rules! set_num {
             ($field:ident, $key:expr) => {
@@ -331,7 +357,7 @@ impl NetOptions {
         let mut put = |k: &str, v: String| {
             m.insert(k.to_string(), v);
         };
-        put("netG", match self.net_g { GeneratorKind::Spade => "spade".into(), GeneratorKind::Pix2PixHD => "pix2pixhd".into() });
+        put("netG", self.net_g.as_str().into());
         put("label_nc", self.label_nc.to_string());
         put("contain_dontcare_label", py_bool(self.contain_dontcare_label).into());
         put("no_instance", py_bool(self.no_instance).into());
@@ -380,8 +406,15 @@ impl NetOptions {
         }
         ConvNorm::parse(&self.norm_d)?;
         ConvNorm::parse(&self.norm_e)?;
+        if self.net_g == GeneratorKind::SpadeConcat && self.use_vae {
+            return Err(opt(
+                "use_vae",
+                "True".into(),
+                "False with netG spadeconcat (the decoder w/ Concat starts from the downsampled segmap)",
+            ));
+        }
         match self.net_g {
-            GeneratorKind::Spade => {
+            GeneratorKind::Spade | GeneratorKind::SpadeConcat => {
                 self.spade_norm()?;
                 let (sh, sw) = self.latent_size();
                 if sh == 0 || sw == 0 {
@@ -397,8 +430,11 @@ impl NetOptions {
                     ));
                 }
             }
-            GeneratorKind::Pix2PixHD => {
+            GeneratorKind::Pix2PixHD | GeneratorKind::Pix2PixHDConcat => {
                 ConvNorm::parse(&self.norm_g)?;
+            }
+            GeneratorKind::Pix2PixHDSpade => {
+                self.spade_norm()?;
             }
         }
         Ok(())
@@ -414,7 +450,8 @@ impl NetOptions {
             None => false,
         };
         let semantic = |found_nc: Option<usize>| {
-            let was = found_nc.map(|c| format!(" (the checkpoint was trained with {c} input channels)")).unwrap_or_default();
+            let was =
+                found_nc.map(|c| format!(" (the checkpoint was trained with {c} input channels)")).unwrap_or_default();
             format!(
                 "label_nc (now {}), contain_dontcare_label (now {}) or no_instance (now {}): semantic_nc is {}{was}",
                 self.label_nc,
@@ -437,7 +474,10 @@ impl NetOptions {
         } else if name.starts_with("fc.") && expected.len() <= 2 {
             format!(
                 "ngf (now {}) or crop_size / aspect_ratio / num_upsampling_layers (now {} / {} / {})",
-                self.ngf, self.crop_size, self.aspect_ratio, self.num_upsampling_layers.as_str()
+                self.ngf,
+                self.crop_size,
+                self.aspect_ratio,
+                self.num_upsampling_layers.as_str()
             )
         } else if first.starts_with("discriminator") {
             format!(
@@ -450,7 +490,12 @@ impl NetOptions {
             format!("crop_size (now {})", self.crop_size)
         } else if first.starts_with("layer") || first.starts_with("fc_") {
             format!("ngf (now {}) or norm_E (now {})", self.ngf, self.norm_e)
-        } else if found.is_none() || leaf.starts_with("running") || leaf == "weight_u" || leaf == "weight_v" || leaf == "num_batches_tracked" {
+        } else if found.is_none()
+            || leaf.starts_with("running")
+            || leaf == "weight_u"
+            || leaf == "weight_v"
+            || leaf == "num_batches_tracked"
+        {
             format!("norm_G (now {}) or netG (now {:?})", self.norm_g, self.net_g)
         } else if differs(2) || differs(3) {
             format!("norm_G's kernel size or resnet_kernel_size (norm_G now {})", self.norm_g)
@@ -462,7 +507,11 @@ impl NetOptions {
 }
 
 fn py_bool(b: bool) -> &'static str {
-    if b { "True" } else { "False" }
+    if b {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 /// Python 3's `round` (half to even), which the reference uses for the latent height.
@@ -519,6 +568,30 @@ mod tests {
         o.label_nc = 35;
         o.aspect_ratio = 2.0;
         o.no_instance = true;
+        let back = NetOptions::from_opt_text(&o.to_opt_text()).unwrap();
+        assert_eq!(NetOptions { raw: Default::default(), ..back }, o);
+    }
+
+    #[test]
+    fn table3_generator_kinds_parse_validate_and_round_trip() {
+        for kind in GeneratorKind::ALL {
+            assert_eq!(GeneratorKind::parse(kind.as_str()).unwrap(), kind);
+        }
+        let e = NetOptions::from_opt_text("netG: pix2pixhd_group\n").unwrap_err().to_string();
+        assert!(e.contains("netG") && e.contains("pix2pixhd_concat"), "{e}");
+        let text = "netG: spadeconcat\ncrop_size: 512\naspect_ratio: 2.0\nnum_upsampling_layers: more\n";
+        let o = NetOptions::from_opt_text(text).unwrap();
+        assert_eq!(o.net_g, GeneratorKind::SpadeConcat);
+        assert_eq!(o.output_size(), (256, 512));
+        let e = NetOptions::from_opt_text("netG: spadeconcat\nuse_vae: True\n").unwrap_err().to_string();
+        assert!(e.contains("use_vae"), "{e}");
+        assert!(NetOptions::from_opt_text("netG: spadeconcat\nnorm_G: spectralsync_batch\n").is_err());
+        let o = NetOptions::from_opt_text("netG: pix2pixhd_spade\ncrop_size: 100\naspect_ratio: 2.0\n").unwrap();
+        assert_eq!(o.output_size(), (50, 100));
+        assert!(NetOptions::from_opt_text("netG: pix2pixhd_spade\nnorm_G: spectralsync_batch\n").is_err());
+        assert!(NetOptions::from_opt_text("netG: pix2pixhd_concat\n").is_err(), "SPADE default norm_G is not plain");
+        let mut o = NetOptions::from_opt_text("netG: pix2pixhd_concat\nnorm_G: spectralsync_batch\n").unwrap();
+        o.raw.clear();
         let back = NetOptions::from_opt_text(&o.to_opt_text()).unwrap();
         assert_eq!(NetOptions { raw: Default::default(), ..back }, o);
     }

@@ -143,7 +143,6 @@ pub fn instance_edges(t: &[u32], height: usize, width: usize) -> Vec<f32> {
     e
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

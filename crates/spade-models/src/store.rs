@@ -28,9 +28,14 @@ pub enum Kind {
 pub enum Init {
     Const(f64),
     /// Normal(mean, std).
-    Normal { mean: f64, std: f64 },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
     /// Xavier (Glorot) normal with the given gain; fans from dims 0 and 1 times the receptive field.
-    XavierNormal { gain: f64 },
+    XavierNormal {
+        gain: f64,
+    },
     /// A random unit vector (spectral-norm `u` and `v`).
     UnitNormal,
 }
@@ -102,7 +107,10 @@ impl ParamStore {
     }
 
     /// Sets the function that explains a shape mismatch of a given tensor name.
-    pub fn with_hint(mut self, hint: impl Fn(&str, &[usize], Option<&[usize]>) -> String + Send + Sync + 'static) -> Self {
+    pub fn with_hint(
+        mut self,
+        hint: impl Fn(&str, &[usize], Option<&[usize]>) -> String + Send + Sync + 'static,
+    ) -> Self {
         self.hint = Arc::new(hint);
         self
     }
@@ -199,8 +207,7 @@ impl ParamStore {
     pub fn check_all_used(&self) -> Result<()> {
         let inner = self.inner.lock().unwrap();
         let Some(source) = &inner.source else { return Ok(()) };
-        let mut unused: Vec<&String> =
-            source.keys().filter(|k| !inner.index.contains_key(*k)).collect();
+        let mut unused: Vec<&String> = source.keys().filter(|k| !inner.index.contains_key(*k)).collect();
         if unused.is_empty() {
             return Ok(());
         }
@@ -214,10 +221,9 @@ impl ParamStore {
     /// Overwrites stored tensors with the given values (same names and shapes).
     pub fn load_values(&self, tensors: &[(String, Tensor)]) -> Result<()> {
         for (name, t) in tensors {
-            let var = self.var(name).ok_or_else(|| Error::UnexpectedTensors {
-                names: format!("`{name}`"),
-                hint: String::new(),
-            })?;
+            let var = self
+                .var(name)
+                .ok_or_else(|| Error::UnexpectedTensors { names: format!("`{name}`"), hint: String::new() })?;
             if var.shape() != t.shape() {
                 return Err(Error::ShapeMismatch {
                     name: name.clone(),
@@ -316,13 +322,7 @@ impl Vb {
     }
 
     /// A buffer with an explicit dtype (batch norm's `num_batches_tracked` is i64).
-    pub fn buffer_dtype(
-        &self,
-        shape: impl Into<Shape>,
-        leaf: &str,
-        init: Init,
-        dtype: DType,
-    ) -> Result<Var> {
+    pub fn buffer_dtype(&self, shape: impl Into<Shape>, leaf: &str, init: Init, dtype: DType) -> Result<Var> {
         let name = self.name(leaf);
         self.store.get(&name, shape.into(), Kind::Buffer, init, dtype)?;
         Ok(self.store.var(&name).expect("just inserted"))

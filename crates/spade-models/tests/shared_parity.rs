@@ -64,8 +64,7 @@ fn check_generator(name: &str, ckpt: &str) {
     let sem = npy(&dir.join("semantics.npy"));
     let ours = semantics_from_pngs(&dir, &opt, sem.dim(0).unwrap());
     assert_eq!(max_abs(&ours, &sem), 0.0, "{name}: semantics differ from semantics.npy");
-    let (g, store) =
-        load_network(&dir.join(ckpt), &opt, &Device::Cpu, true, |vb| Generator::new(&opt, vb)).unwrap();
+    let (g, store) = load_network(&dir.join(ckpt), &opt, &Device::Cpu, true, |vb| Generator::new(&opt, vb)).unwrap();
     let case_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     assert_eq!(store.num_params() as u64, case_json["parameters"].as_u64().unwrap(), "{name}: parameter count");
@@ -114,11 +113,8 @@ fn multiscale_discriminator_eval_train_and_losses() {
     assert_eq!(max_abs(&ours, &sem), 0.0, "semantics differ");
     let fake = npy(&dir.join("fake.npy"));
     let real = npy(&dir.join("real.npy"));
-    let input = Tensor::cat(
-        &[Tensor::cat(&[&sem, &fake], 1).unwrap(), Tensor::cat(&[&sem, &real], 1).unwrap()],
-        0,
-    )
-    .unwrap();
+    let input =
+        Tensor::cat(&[Tensor::cat(&[&sem, &fake], 1).unwrap(), Tensor::cat(&[&sem, &real], 1).unwrap()], 0).unwrap();
     let expected: std::collections::HashMap<String, Tensor> =
         Tensor::read_npz(dir.join("expected.npz")).unwrap().into_iter().collect();
     let case_json: serde_json::Value =
@@ -146,7 +142,9 @@ fn multiscale_discriminator_eval_train_and_losses() {
             let n = sem.dim(0).unwrap();
             let split = |outs: &Vec<Vec<Tensor>>, first: bool| -> Vec<Vec<Tensor>> {
                 outs.iter()
-                    .map(|s| s.iter().map(|t| if first { t.narrow(0, 0, n) } else { t.narrow(0, n, n) }.unwrap()).collect())
+                    .map(|s| {
+                        s.iter().map(|t| if first { t.narrow(0, 0, n) } else { t.narrow(0, n, n) }.unwrap()).collect()
+                    })
                     .collect()
             };
             let (pf, pr) = (split(&outs, true), split(&outs, false));

@@ -195,18 +195,7 @@ impl ExperimentConfig {
     pub fn net_options(&self) -> Result<NetOptions, ConfigError> {
         let data = self.data.resolve()?;
         let m = &self.model;
-        let net_g = match m.netG.as_str() {
-            "spade" => GeneratorKind::Spade,
-            "pix2pixhd" => GeneratorKind::Pix2PixHD,
-            other => {
-                return Err(spade_models::Error::Option {
-                    option: "model.netG".into(),
-                    value: other.into(),
-                    expected: "spade or pix2pixhd".into(),
-                }
-                .into())
-            }
-        };
+        let net_g = GeneratorKind::parse(&m.netG)?;
         let o = NetOptions {
             net_g,
             label_nc: data.label_nc,
@@ -272,7 +261,11 @@ mod tests {
 
     #[test]
     fn reads_sections_and_overrides() {
-        let c = ExperimentConfig::from_yaml(SMOKE, &["train.lr=0.001".into(), "model.norm_G=spectralspadeinstance3x3".into()]).unwrap();
+        let c = ExperimentConfig::from_yaml(
+            SMOKE,
+            &["train.lr=0.001".into(), "model.norm_G=spectralspadeinstance3x3".into()],
+        )
+        .unwrap();
         assert_eq!(c.train.lr, 0.001);
         assert_eq!(c.train.batch_size, 2);
         assert_eq!(c.model.ngf, 8);

@@ -35,9 +35,11 @@ pub fn evaluate_run(
     fid: Option<FidNet>,
     device: &Device,
 ) -> Result<serde_json::Value> {
-    let ck = latest_checkpoint(run).ok_or_else(|| TrainError::File { path: run.into(), message: "no checkpoint to evaluate".into() })?;
+    let ck = latest_checkpoint(run)
+        .ok_or_else(|| TrainError::File { path: run.into(), message: "no checkpoint to evaluate".into() })?;
     let opt = NetOptions::from_opt_file(&ck.join("opt.txt"))?;
-    let (g, store) = load_network(&ck.join("latest_net_G.safetensors"), &opt, device, true, |vb| Generator::new(&opt, vb))?;
+    let (g, store) =
+        load_network(&ck.join("latest_net_G.safetensors"), &opt, device, true, |vb| Generator::new(&opt, vb))?;
     let spec = SemanticsSpec::from(&opt);
     let mut data = cfg.data.clone();
     data.phase = Phase::Val;
@@ -52,7 +54,8 @@ pub fn evaluate_run(
     let (mut l1_sum, mut l1_n) = (0f64, 0usize);
     let (mut feats_fake, mut feats_real) = (Vec::new(), Vec::new());
     let samples_dir = run.join("eval_samples");
-    std::fs::create_dir_all(&samples_dir).map_err(|e| TrainError::File { path: samples_dir.clone(), message: e.to_string() })?;
+    std::fs::create_dir_all(&samples_dir)
+        .map_err(|e| TrainError::File { path: samples_dir.clone(), message: e.to_string() })?;
     let mut done = 0;
     for batch in loader {
         if done >= n {
@@ -65,7 +68,8 @@ pub fn evaluate_run(
             use rand::SeedableRng;
             use rand_distr::Distribution;
             let mut rng = rand::rngs::StdRng::seed_from_u64(done as u64);
-            let v: Vec<f32> = (0..sem.dim(0)? * opt.z_dim).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+            let v: Vec<f32> =
+                (0..sem.dim(0)? * opt.z_dim).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
             Some(Tensor::from_vec(v, (sem.dim(0)?, opt.z_dim), device)?)
         } else {
             None
@@ -81,8 +85,20 @@ pub fn evaluate_run(
         let labels = Tensor::from_vec(labels, (batch.samples.len(), h, w), device)?;
         let to01 = |x: &Tensor| -> candle_core::Result<Tensor> { ((x + 1.0)? / 2.0)?.clamp(0f32, 1f32) };
         if let Some(seg) = segmenter {
-            spade_metrics::segmentation::accumulate(&mut cm_fake, seg, &to01(&fake)?, &labels, LabelResize::PredictionToLabel)?;
-            spade_metrics::segmentation::accumulate(&mut cm_real, seg, &to01(&real)?, &labels, LabelResize::PredictionToLabel)?;
+            spade_metrics::segmentation::accumulate(
+                &mut cm_fake,
+                seg,
+                &to01(&fake)?,
+                &labels,
+                LabelResize::PredictionToLabel,
+            )?;
+            spade_metrics::segmentation::accumulate(
+                &mut cm_real,
+                seg,
+                &to01(&real)?,
+                &labels,
+                LabelResize::PredictionToLabel,
+            )?;
         }
         if let Some(f) = &fid {
             let push = |dst: &mut Vec<f64>, x: &Tensor| -> Result<()> {
@@ -102,7 +118,9 @@ pub fn evaluate_run(
             serde_json::json!({"value": spade_metrics::frechet_distance(&a, &b)?, "weights_sha256": f.weights_sha256,
                 "reference_set": format!("{done} validation images of the same labels"), "resize": "bilinear 299x299, align_corners false"})
         }
-        None => serde_json::json!({"value": null, "unavailable": "no Inception weights (pt_inception-2015-12-05) were given: FID not computed"}),
+        None => {
+            serde_json::json!({"value": null, "unavailable": "no Inception weights (pt_inception-2015-12-05) were given: FID not computed"})
+        }
     };
     let seg_json = match segmenter {
         Some(s) => serde_json::json!({

@@ -77,7 +77,11 @@ pub fn git_revision() -> String {
     match run(&["rev-parse", "HEAD"]) {
         Some(rev) => {
             let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty { format!("{rev}-dirty") } else { rev }
+            if dirty {
+                format!("{rev}-dirty")
+            } else {
+                rev
+            }
         }
         None => "unknown".into(),
     }
@@ -248,11 +252,17 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     if ro.resume {
         if let Ok(old) = std::fs::read_to_string(&cfg_path) {
             if old != cfg_yaml {
-                return Err(file_err(&cfg_path, "--resume with a config that differs from the run's resolved config.yaml"));
+                return Err(file_err(
+                    &cfg_path,
+                    "--resume with a config that differs from the run's resolved config.yaml",
+                ));
             }
         }
     } else if latest_checkpoint(run).is_some() {
-        return Err(file_err(run, "the directory holds a run already: pass --resume to continue it, or choose another --output-dir"));
+        return Err(file_err(
+            run,
+            "the directory holds a run already: pass --resume to continue it, or choose another --output-dir",
+        ));
     }
     spade_io::atomic::write_atomic(&cfg_path, |f| f.write_all(cfg_yaml.as_bytes()))?;
     let opt: NetOptions = cfg.net_options()?;
@@ -266,7 +276,8 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let mut start = 0usize;
     let mut last_ck = String::from("none (no checkpoint written yet)");
     if ro.resume {
-        let dir = latest_checkpoint(run).ok_or_else(|| file_err(run, "--resume: no checkpoint (no `latest` pointing at a complete checkpoint)"))?;
+        let dir = latest_checkpoint(run)
+            .ok_or_else(|| file_err(run, "--resume: no checkpoint (no `latest` pointing at a complete checkpoint)"))?;
         let st = load_checkpoint(&dir, &mut tr)?;
         start = st.iteration;
         last_ck = dir.display().to_string();
@@ -287,7 +298,10 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let dataset = spade_data::open(&cfg.data)?;
     let per_epoch = spade_data::loader::batches_per_epoch(dataset.len(), t.batch_size, true);
     if per_epoch == 0 {
-        return Err(file_err(run, format!("train.batch_size {} is larger than the dataset ({} samples)", t.batch_size, dataset.len())));
+        return Err(file_err(
+            run,
+            format!("train.batch_size {} is larger than the dataset ({} samples)", t.batch_size, dataset.len()),
+        ));
     }
     let mut total = (t.niter + t.niter_decay) * per_epoch;
     for cap in [t.max_iters, ro.max_iters].into_iter().flatten() {
@@ -305,7 +319,12 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let kept: String = std::fs::read_to_string(&log_path)
         .unwrap_or_default()
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["iter"].as_u64()).is_some_and(|i| (i as usize) < start))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["iter"].as_u64())
+                .is_some_and(|i| (i as usize) < start)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&log_path, kept).map_err(|e| file_err(&log_path, e))?;
@@ -337,7 +356,12 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         }
         losses.extend(tr.discriminator_step(&sem, &real)?);
         if let Some((term, value)) = losses.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(TrainError::NonFinite { iteration: it, term: term.clone(), value: *value, checkpoint: last_ck });
+            return Err(TrainError::NonFinite {
+                iteration: it,
+                term: term.clone(),
+                value: *value,
+                checkpoint: last_ck,
+            });
         }
         let line = serde_json::json!({
             "iter": it, "epoch": epoch, "lr": lr,

@@ -22,7 +22,10 @@ pub struct SegmenterSpec {
 
 impl SegmenterSpec {
     pub fn cache_name(&self) -> String {
-        format!("synthetic_segmenter_s{}_it{}_b{}_seed{}.safetensors", self.size, self.iterations, self.batch_size, self.seed)
+        format!(
+            "synthetic_segmenter_s{}_it{}_b{}_seed{}.safetensors",
+            self.size, self.iterations, self.batch_size, self.seed
+        )
     }
 }
 
@@ -74,11 +77,13 @@ impl SyntheticSegmenter {
     pub fn load_or_train(cache_dir: &Path, spec: SegmenterSpec, device: &Device, progress: bool) -> Result<Self> {
         let path = cache_dir.join(spec.cache_name());
         let mut net = if path.is_file() {
-            let store = ParamStore::from_state_dict(spade_io::checkpoint::load_state_dict(&path)?, DType::F32, device).frozen();
+            let store =
+                ParamStore::from_state_dict(spade_io::checkpoint::load_state_dict(&path)?, DType::F32, device).frozen();
             Self::build(store, spec)?
         } else {
             let net = Self::train(spec, device, progress)?;
-            std::fs::create_dir_all(cache_dir).map_err(|e| TrainError::File { path: cache_dir.into(), message: e.to_string() })?;
+            std::fs::create_dir_all(cache_dir)
+                .map_err(|e| TrainError::File { path: cache_dir.into(), message: e.to_string() })?;
             spade_io::checkpoint::save_safetensors(&path, &net.store.state_dict())?;
             net
         };
@@ -101,8 +106,15 @@ impl SyntheticSegmenter {
         let mut adam = Adam::new(params, AdamConfig { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 })?;
         let ds = spade_data::open(&Self::data(spec, Phase::Train))?;
         let loader = BatchLoader::new(ds, LoaderOptions::train(spec.batch_size, spec.seed))?;
-        let bar = if progress { indicatif::ProgressBar::new(spec.iterations as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(indicatif::ProgressStyle::with_template("segmenter {bar:30} {pos}/{len}  ETA {eta}  {msg}").expect("template"));
+        let bar = if progress {
+            indicatif::ProgressBar::new(spec.iterations as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("segmenter {bar:30} {pos}/{len}  ETA {eta}  {msg}")
+                .expect("template"),
+        );
         for (it, batch) in loader.take(spec.iterations).enumerate() {
             let batch = batch?;
             let (labels, images) = label_image_tensors(&batch.samples, device)?;

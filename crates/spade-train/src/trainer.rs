@@ -32,11 +32,8 @@ impl OptimOptions {
     /// (G config, D config) as the reference derives them: with TTUR, betas (0, 0.9),
     /// G lr / 2 and D lr * 2; without, the given betas and one lr.
     pub fn adam_configs(&self, lr: f64) -> (AdamConfig, AdamConfig) {
-        let (b1, b2, lg, ld) = if self.no_ttur {
-            (self.beta1, self.beta2, lr, lr)
-        } else {
-            (0.0, 0.9, lr / 2.0, lr * 2.0)
-        };
+        let (b1, b2, lg, ld) =
+            if self.no_ttur { (self.beta1, self.beta2, lr, lr) } else { (0.0, 0.9, lr / 2.0, lr * 2.0) };
         let c = |lr| AdamConfig { lr, beta1: b1, beta2: b2, eps: 1e-8 };
         (c(lg), c(ld))
     }
@@ -85,7 +82,12 @@ pub struct Trainer {
 }
 
 fn named(store: &ParamStore) -> Vec<(String, candle_core::Var)> {
-    store.entries().into_iter().filter(|e| e.kind == spade_models::store::Kind::Param).map(|e| (e.name, e.var)).collect()
+    store
+        .entries()
+        .into_iter()
+        .filter(|e| e.kind == spade_models::store::Kind::Param)
+        .map(|e| (e.name, e.var))
+        .collect()
 }
 
 impl Trainer {
@@ -105,7 +107,17 @@ impl Trainer {
         let opt_g = Adam::new(g_params, cg)?;
         let opt_d = Adam::new(named(&nets.d_store), cd)?;
         use rand::SeedableRng;
-        Ok(Self { opt, loss, optim, nets, vgg, opt_g, opt_d, last_grads: (None, None), rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed) })
+        Ok(Self {
+            opt,
+            loss,
+            optim,
+            nets,
+            vgg,
+            opt_g,
+            opt_d,
+            last_grads: (None, None),
+            rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed),
+        })
     }
 
     /// Re-seeds the sampling noise (VAE eps, random z) from (seed, iteration), so that a
@@ -152,9 +164,7 @@ impl Trainer {
         let input = Tensor::cat(&[Tensor::cat(&[sem, fake], 1)?, Tensor::cat(&[sem, real], 1)?], 0)?;
         let out = self.nets.d.forward_t(&input, true)?;
         let half = |first: bool| -> Result<Vec<Vec<Tensor>>> {
-            out.iter()
-                .map(|s| s.iter().map(|t| t.narrow(0, if first { 0 } else { n }, n)).collect())
-                .collect()
+            out.iter().map(|s| s.iter().map(|t| t.narrow(0, if first { 0 } else { n }, n)).collect()).collect()
         };
         Ok((half(true)?, half(false)?))
     }

@@ -38,10 +38,12 @@ fn one_iteration_matches_the_reference_trainer() {
     let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("case.json")).unwrap()).unwrap();
     let opt = NetOptions::from_opt_file(&d.join("opt.txt")).unwrap();
     let dev = Device::Cpu;
-    let g_store = ParamStore::from_state_dict(spade_io::pth::load(&d.join("before_net_G.pth")).unwrap(), DType::F32, &dev);
+    let g_store =
+        ParamStore::from_state_dict(spade_io::pth::load(&d.join("before_net_G.pth")).unwrap(), DType::F32, &dev);
     let g = Generator::new(&opt, &g_store.root()).unwrap();
     g_store.check_all_used().unwrap();
-    let d_store = ParamStore::from_state_dict(spade_io::pth::load(&d.join("before_net_D.pth")).unwrap(), DType::F32, &dev);
+    let d_store =
+        ParamStore::from_state_dict(spade_io::pth::load(&d.join("before_net_D.pth")).unwrap(), DType::F32, &dev);
     let dnet = MultiscaleDiscriminator::new(&opt, &d_store.root()).unwrap();
     d_store.check_all_used().unwrap();
     let nets = Nets { g, g_store, d: dnet, d_store, e: None };
@@ -98,19 +100,37 @@ fn one_iteration_matches_the_reference_trainer() {
     // noise here too, and after the step to within the largest Adam step (2 lr).
     const NOISE: f32 = 1e-6;
     let mut noise_params = std::collections::HashSet::new();
-    for (net, store, grads) in [("G", &tr.nets.g_store, tr.last_grads.0.as_ref().unwrap()), ("D", &tr.nets.d_store, tr.last_grads.1.as_ref().unwrap())] {
+    for (net, store, grads) in [
+        ("G", &tr.nets.g_store, tr.last_grads.0.as_ref().unwrap()),
+        ("D", &tr.nets.d_store, tr.last_grads.1.as_ref().unwrap()),
+    ] {
         let want = load(&d.join(format!("grads_{net}.pth")));
         let mut worst_rel = 0f32;
         let mut count = 0;
         for e in store.entries() {
             let Some(wg) = want.get(&e.name) else { continue };
             let g = grads.get(e.var.as_tensor()).unwrap_or_else(|| panic!("{net}: no gradient for {}", e.name));
-            let absmax = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+            let absmax = |t: &Tensor| {
+                t.abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
             let scale = absmax(wg);
             count += 1;
             if scale < NOISE {
                 let ours = absmax(g);
-                assert!(ours < NOISE, "{net} grad {}: reference is float noise ({scale:e}) but ours is {ours:e}", e.name);
+                assert!(
+                    ours < NOISE,
+                    "{net} grad {}: reference is float noise ({scale:e}) but ours is {ours:e}",
+                    e.name
+                );
                 noise_params.insert(format!("{net}.{}", e.name));
                 continue;
             }
@@ -142,7 +162,8 @@ fn one_iteration_matches_the_reference_trainer() {
             let g = ref_grads.get(&name).map(flat);
             for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
                 let err = (a - b).abs();
-                let ill = noise_params.contains(&format!("{net}.{name}")) || g.as_ref().is_some_and(|g| g[k].abs() < 1e-5);
+                let ill =
+                    noise_params.contains(&format!("{net}.{name}")) || g.as_ref().is_some_and(|g| g[k].abs() < 1e-5);
                 if ill {
                     loose += 1;
                     assert!(err <= 2.0 * lr + 1e-6, "{net} after step, {name}[{k}]: {err:e}");

@@ -27,14 +27,21 @@ train:
 ";
 
 fn opts(dir: &Path, resume: bool, max_iters: usize) -> RunOptions {
-    RunOptions { output_dir: dir.to_path_buf(), resume, max_iters: Some(max_iters), progress: false, device: Device::Cpu }
+    RunOptions {
+        output_dir: dir.to_path_buf(),
+        resume,
+        max_iters: Some(max_iters),
+        progress: false,
+        device: Device::Cpu,
+    }
 }
 
 fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
     let dir = latest_checkpoint(run).expect("a checkpoint");
     let mut out = Vec::new();
     for net in ["G", "D"] {
-        for (k, t) in spade_io::checkpoint::load_state_dict(&dir.join(format!("latest_net_{net}.safetensors"))).unwrap() {
+        for (k, t) in spade_io::checkpoint::load_state_dict(&dir.join(format!("latest_net_{net}.safetensors"))).unwrap()
+        {
             let t = t.to_dtype(candle_core::DType::F32).unwrap();
             out.push((format!("{net}.{k}"), t.flatten_all().unwrap().to_vec1().unwrap()));
         }
@@ -64,7 +71,8 @@ fn resumed_run_equals_uninterrupted_run() {
     }
     // The loss log has each iteration once.
     let log = std::fs::read_to_string(b.path().join("losses.jsonl")).unwrap();
-    let iters: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iter"].as_u64().unwrap()).collect();
+    let iters: Vec<u64> =
+        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["iter"].as_u64().unwrap()).collect();
     assert_eq!(iters, vec![0, 1, 2, 3]);
     assert!(b.path().join("samples/iter_00000004.png").is_file());
     // The run directory works as a synthesize checkpoint: opt.txt sits with the weights.

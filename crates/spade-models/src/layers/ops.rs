@@ -19,11 +19,7 @@ pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         return upsample2x(x);
     }
     let dev = x.device();
-    let x = if ih == h {
-        x.clone()
-    } else {
-        x.index_select(&Tensor::new(nearest_indices(ih, h), dev)?, 2)?
-    };
+    let x = if ih == h { x.clone() } else { x.index_select(&Tensor::new(nearest_indices(ih, h), dev)?, 2)? };
     if iw == w {
         Ok(x)
     } else {
@@ -35,9 +31,7 @@ pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 /// its backward is a cheap sum.
 pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h, 1, w, 1))?
-        .broadcast_as((n, c, h, 2, w, 2))?
-        .reshape((n, c, 2 * h, 2 * w))
+    x.reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, 2, w, 2))?.reshape((n, c, 2 * h, 2 * w))
 }
 
 /// Indices of reflection padding by `pad` on both sides of a length-`len` axis.
@@ -45,7 +39,13 @@ fn reflect_indices(len: usize, pad: usize) -> Vec<u32> {
     (0..len + 2 * pad)
         .map(|i| {
             let j = i as i64 - pad as i64;
-            let j = if j < 0 { -j } else if j >= len as i64 { 2 * (len as i64 - 1) - j } else { j };
+            let j = if j < 0 {
+                -j
+            } else if j >= len as i64 {
+                2 * (len as i64 - 1) - j
+            } else {
+                j
+            };
             j as u32
         })
         .collect()

@@ -21,7 +21,8 @@ impl NLayerDiscriminator {
         let gain = opt.init_variance;
         let (kw, padw) = (4, 2);
         let mut nf = opt.ndf;
-        let first = Conv2d::new(&vb.pp("model0").pp("0"), ConvSpec::new(input_nc, nf, kw).stride(2).padding(padw), gain)?;
+        let first =
+            Conv2d::new(&vb.pp("model0").pp("0"), ConvSpec::new(input_nc, nf, kw).stride(2).padding(padw), gain)?;
         let mut middle = Vec::new();
         for n in 1..opt.n_layers_d {
             let prev = nf;

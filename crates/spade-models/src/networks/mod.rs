@@ -3,3 +3,4 @@ pub mod discriminator;
 pub mod encoder;
 pub mod generator;
 pub mod pix2pixhd;
+pub mod variants;

@@ -32,7 +32,12 @@ impl Pix2PixHDGenerator {
         let k0 = opt.resnet_initial_kernel_size;
         steps.push(Step::ReflectionPad(k0 / 2));
         let at = |steps: &Vec<Step>| model.pp(steps.len());
-        steps.push(Step::NormConv(NormConv::new(&at(&steps), ConvSpec::new(opt.semantic_nc(), ngf, k0).padding(0), norm, gain)?));
+        steps.push(Step::NormConv(NormConv::new(
+            &at(&steps),
+            ConvSpec::new(opt.semantic_nc(), ngf, k0).padding(0),
+            norm,
+            gain,
+        )?));
         steps.push(Step::Relu);
         let mut mult = 1;
         for _ in 0..opt.resnet_n_downsample {
