@@ -161,19 +161,12 @@ fn check(a: &CheckArgs) -> anyhow::Result<(String, Vec<String>)> {
     let cfg = config(a)?;
     let report = spade_data::check(&cfg)?;
     let json = serde_json::to_string(&report).context("serialise the check report")?;
-    Ok((
-        json,
-        report.problems.iter().map(|p| p.to_string()).collect(),
-    ))
+    Ok((json, report.problems.iter().map(|p| p.to_string()).collect()))
 }
 
 fn export(a: &ExportArgs) -> anyhow::Result<()> {
     if a.size == 0 || a.count == 0 {
-        bail!(
-            "--count and --size must be positive (got count {}, size {})",
-            a.count,
-            a.size
-        );
+        bail!("--count and --size must be positive (got count {}, size {})", a.count, a.size);
     }
     spade_data::export_synthetic(&a.output_dir, a.count, a.size, a.size, a.seed)?;
     Ok(())
@@ -191,9 +184,7 @@ mod tests {
     }
 
     fn parse(argv: &[&str]) -> Args {
-        Cli::try_parse_from(std::iter::once("dataset").chain(argv.iter().copied()))
-            .unwrap()
-            .args
+        Cli::try_parse_from(std::iter::once("dataset").chain(argv.iter().copied())).unwrap().args
     }
 
     fn check_of(argv: &[&str]) -> anyhow::Result<(String, Vec<String>)> {
@@ -208,61 +199,29 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let out = t.path().join("synth");
         let out_s = out.to_str().unwrap();
-        match parse(&[
-            "export-synthetic",
-            "--output-dir",
-            out_s,
-            "--count",
-            "3",
-            "--size",
-            "24",
-            "--seed",
-            "2",
-        ])
-        .command
+        match parse(&["export-synthetic", "--output-dir", out_s, "--count", "3", "--size", "24", "--seed", "2"]).command
         {
             DatasetCommand::ExportSynthetic(a) => export(&a).unwrap(),
             _ => panic!("not an export"),
         }
         for sub in ["images", "labels", "instances"] {
-            assert_eq!(
-                std::fs::read_dir(out.join(sub)).unwrap().count(),
-                3,
-                "{sub}"
-            );
+            assert_eq!(std::fs::read_dir(out.join(sub)).unwrap().count(), 3, "{sub}");
         }
         let (json, problems) = check_of(&["check", "--format", "folder", "--root", out_s]).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let at = |k: &str| {
-            json.find(&format!("\"{k}\":"))
-                .unwrap_or_else(|| panic!("{k} in {json}"))
-        };
+        let at = |k: &str| json.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} in {json}"));
         let order = ["format", "split", "pairs", "label_nc", "labels_seen"].map(at);
         assert!(order.windows(2).all(|w| w[0] < w[1]), "key order in {json}");
         assert_eq!(v.as_object().unwrap().len(), 5);
         assert_eq!(
-            (
-                v["format"].as_str(),
-                v["split"].as_str(),
-                v["pairs"].as_u64(),
-                v["label_nc"].as_u64()
-            ),
+            (v["format"].as_str(), v["split"].as_str(), v["pairs"].as_u64(), v["label_nc"].as_u64()),
             (Some("folder"), Some("train"), Some(3), Some(14))
         );
 
         // Break it: a label value beyond label_nc and a missing image.
         std::fs::remove_file(out.join("images/000001.png")).unwrap();
-        let (_, problems) = check_of(&[
-            "check",
-            "--format",
-            "folder",
-            "--root",
-            out_s,
-            "--label-nc",
-            "3",
-        ])
-        .unwrap();
+        let (_, problems) = check_of(&["check", "--format", "folder", "--root", out_s, "--label-nc", "3"]).unwrap();
         assert!(problems.len() >= 2, "{problems:?}");
         assert_eq!(
             problems[0],
@@ -273,43 +232,22 @@ mod tests {
             )
         );
         assert!(
-            problems[1].starts_with(&format!(
-                "{}: label value ",
-                out.join("labels/000000.png").display()
-            )),
+            problems[1].starts_with(&format!("{}: label value ", out.join("labels/000000.png").display())),
             "{}",
             problems[1]
         );
-        assert!(
-            problems[1].contains("is outside the valid range 0..=2 for label_nc 3"),
-            "{}",
-            problems[1]
-        );
+        assert!(problems[1].contains("is outside the valid range 0..=2 for label_nc 3"), "{}", problems[1]);
     }
 
     #[test]
     fn synthetic_check_needs_no_root_but_files_do() {
-        let (json, problems) = check_of(&[
-            "check",
-            "--format",
-            "synthetic",
-            "--count",
-            "4",
-            "--size",
-            "16",
-        ])
-        .unwrap();
+        let (json, problems) = check_of(&["check", "--format", "synthetic", "--count", "4", "--size", "16"]).unwrap();
         assert!(problems.is_empty());
         assert!(
-            json.starts_with(
-                r#"{"format":"synthetic","split":"train","pairs":4,"label_nc":14,"labels_seen":["#
-            ),
+            json.starts_with(r#"{"format":"synthetic","split":"train","pairs":4,"label_nc":14,"labels_seen":["#),
             "{json}"
         );
         let err = check_of(&["check", "--format", "ade20k"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "--root DIR is required for --format ade20k"
-        );
+        assert_eq!(err.to_string(), "--root DIR is required for --format ade20k");
     }
 }

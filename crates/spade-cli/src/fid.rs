@@ -48,10 +48,7 @@ pub struct Args {
 
 fn resolve_weights(args: &Args) -> Result<Option<ResolvedWeights>> {
     if let Some(p) = &args.weights {
-        return Ok(Some(ResolvedWeights::from_path(
-            p,
-            args.weights_sha256.as_deref(),
-        )?));
+        return Ok(Some(ResolvedWeights::from_path(p, args.weights_sha256.as_deref())?));
     }
     if let Some(spec) = &args.weights_hub {
         let mut hf = HubFile::parse(spec)?;
@@ -74,11 +71,7 @@ fn load_net(args: &Args, weights: &ResolvedWeights) -> Result<FidInception> {
         "Inception weights: {} (sha256 {}{})",
         weights.path.display(),
         weights.sha256,
-        if weights.verified {
-            ", verified"
-        } else {
-            ", not checked"
-        }
+        if weights.verified { ", verified" } else { ", not checked" }
     );
     Ok(load_fid_inception(&weights.path, &device)?)
 }
@@ -123,9 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         let net = load_net(&args, &weights)?;
         let input = FidInput::Images(dir.clone());
         let pb = progress_bar(input.image_count()?);
-        let stats = input.stats(Some(&net), args.batch_size, &mut |n| {
-            pb.set_position(n as u64)
-        })?;
+        let stats = input.stats(Some(&net), args.batch_size, &mut |n| pb.set_position(n as u64))?;
         pb.finish();
         spade_metrics::save_stats(out, &stats)?;
         println!("Saved statistics of {} to {}", dir.display(), out.display());
@@ -147,15 +138,85 @@ pub fn run(args: Args) -> Result<()> {
     };
     let total = a.image_count()? + b.image_count()?;
     let pb = progress_bar(total);
-    let sa = a.stats(net.as_ref(), args.batch_size, &mut |n| {
-        pb.set_position(n as u64)
-    })?;
+    let sa = a.stats(net.as_ref(), args.batch_size, &mut |n| pb.set_position(n as u64))?;
     let done_a = a.image_count()?;
-    let sb = b.stats(net.as_ref(), args.batch_size, &mut |n| {
-        pb.set_position((done_a + n) as u64)
-    })?;
+    let sb = b.stats(net.as_ref(), args.batch_size, &mut |n| pb.set_position((done_a + n) as u64))?;
     pb.finish_and_clear();
     let value = spade_metrics::frechet_distance(&sa, &sb)?;
     println!("FID: {value}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spade_metrics::GaussianStats;
+
+    fn args(paths: [&Path; 2]) -> Args {
+        Args {
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            save_stats: false,
+            weights: None,
+            weights_hub: None,
+            hub_revision: "main".into(),
+            hub_cache: None,
+            offline: true,
+            weights_sha256: None,
+            batch_size: 4,
+            cuda: false,
+        }
+    }
+
+    fn stats(shift: f64) -> GaussianStats {
+        let d = spade_metrics::POOL3_DIM;
+        let mut sigma = vec![0.0; d * d];
+        for i in 0..d {
+            sigma[i * d + i] = 1.0;
+        }
+        let mut mu = vec![0.0; d];
+        mu[0] = shift;
+        GaussianStats { mu, sigma, dim: d }
+    }
+
+    #[test]
+    fn image_folder_without_weights_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        image::RgbImage::new(8, 8).save(dir.path().join("x.png")).unwrap();
+        let e = run(args([dir.path(), dir.path()])).unwrap_err().to_string();
+        assert!(e.starts_with("FID unavailable"), "{e}");
+        let mut a = args([dir.path(), &dir.path().join("out.npz")]);
+        a.save_stats = true;
+        let e = run(a).unwrap_err().to_string();
+        assert!(e.starts_with("FID unavailable"), "{e}");
+        assert!(!dir.path().join("out.npz").exists());
+    }
+
+    #[test]
+    fn two_statistics_files_need_no_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.npz"), dir.path().join("b.npz"));
+        spade_metrics::save_stats(&a, &stats(0.0)).unwrap();
+        spade_metrics::save_stats(&b, &stats(2.0)).unwrap();
+        run(args([&a, &b])).unwrap();
+    }
+
+    #[test]
+    fn hub_weights_missing_from_offline_cache_name_the_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.npz");
+        spade_metrics::save_stats(&a, &stats(0.0)).unwrap();
+        let mut x = args([&a, &a]);
+        x.weights_hub = Some("org/inception:pt_inception-2015-12-05-6726825d.pth".into());
+        x.hub_cache = Some(dir.path().to_path_buf());
+        let e = run(x).unwrap_err().to_string();
+        assert!(e.contains("models--org--inception"), "{e}");
+    }
+
+    #[test]
+    fn zero_batch_size_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x = args([dir.path(), dir.path()]);
+        x.batch_size = 0;
+        assert!(run(x).unwrap_err().to_string().contains("--batch-size"));
+    }
 }

@@ -52,10 +52,7 @@ pub fn weights_file(dir: &Path, which: &str, net: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!(
-        "{}: no {which}_net_{net}.pth or {which}_net_{net}.safetensors (is --which-epoch right?)",
-        dir.display()
-    )
+    bail!("{}: no {which}_net_{net}.pth or {which}_net_{net}.safetensors (is --which-epoch right?)", dir.display())
 }
 
 pub fn device(cuda: bool) -> Result<Device> {
@@ -126,7 +123,12 @@ pub fn run(args: Args) -> Result<()> {
             let z = Tensor::read_npy(p).with_context(|| format!("{}: reading z", p.display()))?;
             let z = z.to_dtype(DType::F32)?.to_device(&dev)?;
             if z.dims() != [n, opt.z_dim] {
-                bail!("{}: z has shape {:?}, expected ({n}, {}) (one row of z_dim per label)", p.display(), z.dims(), opt.z_dim);
+                bail!(
+                    "{}: z has shape {:?}, expected ({n}, {}) (one row of z_dim per label)",
+                    p.display(),
+                    z.dims(),
+                    opt.z_dim
+                );
             }
             Some(z)
         }

@@ -38,10 +38,14 @@ fn synthesizes_what_the_network_computes() {
     let out = d.join("out");
     let o = spade(&[
         "synthesize",
-        "--checkpoint", d.to_str().unwrap(),
-        "--label", d.join("scene.png").to_str().unwrap(),
-        "--instance", d.join("scene_inst.png").to_str().unwrap(),
-        "--output-dir", out.to_str().unwrap(),
+        "--checkpoint",
+        d.to_str().unwrap(),
+        "--label",
+        d.join("scene.png").to_str().unwrap(),
+        "--instance",
+        d.join("scene_inst.png").to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
         "--raw",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -55,7 +59,11 @@ fn synthesizes_what_the_network_computes() {
     let mut ids: Vec<u32> = (0..32 * 32)
         .map(|p| {
             let (x, y) = (idx(p % 32), idx(p / 32));
-            if x < 10 { 255 } else { (x / 10 + y / 20) % 4 }
+            if x < 10 {
+                255
+            } else {
+                (x / 10 + y / 20) % 4
+            }
         })
         .collect();
     let inst: Vec<u32> = (0..32 * 32).map(|p| idx(p % 32) / 13).collect();
@@ -79,10 +87,14 @@ fn wrong_options_name_tensor_shapes_and_option() {
     std::fs::write(d.join("opt.txt"), wrong.to_opt_text()).unwrap();
     let o = spade(&[
         "synthesize",
-        "--checkpoint", d.to_str().unwrap(),
-        "--label", d.join("scene.png").to_str().unwrap(),
-        "--instance", d.join("scene_inst.png").to_str().unwrap(),
-        "--output-dir", d.join("out").to_str().unwrap(),
+        "--checkpoint",
+        d.to_str().unwrap(),
+        "--label",
+        d.join("scene.png").to_str().unwrap(),
+        "--instance",
+        d.join("scene_inst.png").to_str().unwrap(),
+        "--output-dir",
+        d.join("out").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -99,10 +111,14 @@ fn label_value_out_of_range_names_file_and_value() {
     write_gray(&d.join("bad.png"), 32, 32, |x, _| if x == 3 { 9 } else { 1 });
     let o = spade(&[
         "synthesize",
-        "--checkpoint", d.to_str().unwrap(),
-        "--label", d.join("bad.png").to_str().unwrap(),
-        "--instance", d.join("scene_inst.png").to_str().unwrap(),
-        "--output-dir", d.join("out").to_str().unwrap(),
+        "--checkpoint",
+        d.to_str().unwrap(),
+        "--label",
+        d.join("bad.png").to_str().unwrap(),
+        "--instance",
+        d.join("scene_inst.png").to_str().unwrap(),
+        "--output-dir",
+        d.join("out").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -12,10 +12,7 @@ use spade_data::{open, BatchLoader, Dataset, DatasetConfig, DatasetMode, LoaderO
 fn bench(name: &str, ds: Arc<dyn Dataset>, batches: usize) {
     // Single thread, one pass over (up to) 32 samples.
     let n = ds.len().min(32);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let t = Instant::now();
     pool.install(|| {
         for i in 0..n {
@@ -43,17 +40,12 @@ fn bench(name: &str, ds: Arc<dyn Dataset>, batches: usize) {
 }
 
 fn main() {
-    let root = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("SPADE_SHARED")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-                })
-                .join("data/coco_stuff_sample")
-        });
+    let root = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("SPADE_SHARED")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+            .join("data/coco_stuff_sample")
+    });
     let coco = open(&DatasetConfig::new(DatasetMode::Coco, Some(root))).expect("open COCO-Stuff");
     bench("coco-stuff 256 (load 286, crop 256)", coco, 30);
     let mut s = DatasetConfig::new(DatasetMode::Synthetic, None);

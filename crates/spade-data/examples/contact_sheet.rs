@@ -8,10 +8,7 @@ use spade_data::RgbImage;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "datasets/synthetic_contact_sheet.png".into());
+    let out = args.first().cloned().unwrap_or_else(|| "datasets/synthetic_contact_sheet.png".into());
     let size: usize = args.get(1).map_or(96, |s| s.parse().expect("SIZE: pixels"));
     let count: usize = args.get(2).map_or(12, |s| s.parse().expect("COUNT: pairs"));
     let seed: u64 = args.get(3).map_or(0, |s| s.parse().expect("SEED: integer"));
@@ -19,11 +16,7 @@ fn main() {
     let gap = 4;
     let rows = count.div_ceil(per_row);
     let (w, h) = (per_row * (2 * size + gap) + gap, rows * (size + gap) + gap);
-    let mut sheet = RgbImage {
-        width: w,
-        height: h,
-        data: vec![255; w * h * 3],
-    };
+    let mut sheet = RgbImage { width: w, height: h, data: vec![255; w * h * 3] };
     let mut blit = |img: &RgbImage, x0: usize, y0: usize| {
         for y in 0..img.height {
             let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];

@@ -92,11 +92,7 @@ impl FromStr for Phase {
         match s {
             "train" => Ok(Phase::Train),
             "val" | "test" => Ok(Phase::Val),
-            _ => Err(DataError::Config {
-                option: "phase",
-                value: s.to_string(),
-                expected: "train or val".into(),
-            }),
+            _ => Err(DataError::Config { option: "phase", value: s.to_string(), expected: "train or val".into() }),
         }
     }
 }
@@ -120,16 +116,10 @@ impl PreprocessMode {
         self == PreprocessMode::ResizeAndCrop
     }
     pub(crate) fn scales_width(self) -> bool {
-        matches!(
-            self,
-            PreprocessMode::ScaleWidth | PreprocessMode::ScaleWidthAndCrop
-        )
+        matches!(self, PreprocessMode::ScaleWidth | PreprocessMode::ScaleWidthAndCrop)
     }
     pub(crate) fn scales_shortside(self) -> bool {
-        matches!(
-            self,
-            PreprocessMode::ScaleShortside | PreprocessMode::ScaleShortsideAndCrop
-        )
+        matches!(self, PreprocessMode::ScaleShortside | PreprocessMode::ScaleShortsideAndCrop)
     }
     pub(crate) fn crops(self) -> bool {
         matches!(
@@ -247,50 +237,18 @@ impl DatasetConfig {
         let train_load = if is_train { 286 } else { 256 };
         // (label_nc, dontcare, no_instance, preprocess, load, crop, aspect)
         let d = match self.dataset_mode {
-            DatasetMode::Coco => (
-                182,
-                true,
-                false,
-                PreprocessMode::ResizeAndCrop,
-                train_load,
-                256,
-                1.0,
-            ),
-            DatasetMode::Ade20k => (
-                150,
-                true,
-                true,
-                PreprocessMode::ResizeAndCrop,
-                train_load,
-                256,
-                1.0,
-            ),
+            DatasetMode::Coco => (182, true, false, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0),
+            DatasetMode::Ade20k => (150, true, true, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0),
             DatasetMode::Cityscapes => (35, false, false, PreprocessMode::Fixed, 512, 512, 2.0),
-            DatasetMode::Custom => (
-                13,
-                false,
-                false,
-                PreprocessMode::ResizeAndCrop,
-                train_load,
-                256,
-                1.0,
-            ),
-            DatasetMode::Synthetic => (
-                crate::synthetic::NUM_CLASSES,
-                false,
-                false,
-                PreprocessMode::Fixed,
-                256,
-                256,
-                1.0,
-            ),
+            DatasetMode::Custom => (13, false, false, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0),
+            DatasetMode::Synthetic => {
+                (crate::synthetic::NUM_CLASSES, false, false, PreprocessMode::Fixed, 256, 256, 1.0)
+            }
         };
         let dataroot = match (&self.dataroot, self.dataset_mode) {
             (Some(r), _) => r.clone(),
             (None, DatasetMode::Synthetic) => PathBuf::new(),
-            (None, DatasetMode::Custom) if self.label_dir.is_some() && self.image_dir.is_some() => {
-                PathBuf::new()
-            }
+            (None, DatasetMode::Custom) if self.label_dir.is_some() && self.image_dir.is_some() => PathBuf::new(),
             (None, _) => {
                 return Err(DataError::Config {
                     option: "dataroot",
@@ -301,19 +259,10 @@ impl DatasetConfig {
         };
         let mut label_nc = self.label_nc.unwrap_or(d.0);
         let mut no_instance = self.no_instance.unwrap_or(d.2);
-        let (mut label_dir, mut image_dir, mut instance_dir, mut palette) =
-            (None, None, None, None);
+        let (mut label_dir, mut image_dir, mut instance_dir, mut palette) = (None, None, None, None);
         if self.dataset_mode == DatasetMode::Custom {
-            label_dir = Some(
-                self.label_dir
-                    .clone()
-                    .unwrap_or_else(|| dataroot.join("labels")),
-            );
-            image_dir = Some(
-                self.image_dir
-                    .clone()
-                    .unwrap_or_else(|| dataroot.join("images")),
-            );
+            label_dir = Some(self.label_dir.clone().unwrap_or_else(|| dataroot.join("labels")));
+            image_dir = Some(self.image_dir.clone().unwrap_or_else(|| dataroot.join("images")));
             instance_dir = self.instance_dir.clone().or_else(|| {
                 let p = dataroot.join("instances");
                 p.is_dir().then_some(p)
@@ -335,24 +284,17 @@ impl DatasetConfig {
         }
         if self.dataset_mode == DatasetMode::Coco
             && self.no_instance.is_none()
-            && crate::layout::coco_layout(&dataroot, self.phase)
-                == Some(crate::layout::CocoLayout::Official)
-            && !dataroot
-                .join(format!("{}_inst", self.phase.name()))
-                .is_dir()
+            && crate::layout::coco_layout(&dataroot, self.phase) == Some(crate::layout::CocoLayout::Official)
+            && !dataroot.join(format!("{}_inst", self.phase.name())).is_dir()
         {
             // The official layout has no instance maps unless they were generated.
             no_instance = true;
         }
-        if self.dataset_mode == DatasetMode::Synthetic && label_nc != crate::synthetic::NUM_CLASSES
-        {
+        if self.dataset_mode == DatasetMode::Synthetic && label_nc != crate::synthetic::NUM_CLASSES {
             return Err(DataError::Config {
                 option: "label_nc",
                 value: label_nc.to_string(),
-                expected: format!(
-                    "{} for the synthetic dataset (its class count)",
-                    crate::synthetic::NUM_CLASSES
-                ),
+                expected: format!("{} for the synthetic dataset (its class count)", crate::synthetic::NUM_CLASSES),
             });
         }
         if label_nc == 0 {
@@ -402,13 +344,7 @@ impl DatasetConfig {
             image_dir,
             instance_dir,
             palette,
-            synthetic_count: self
-                .synthetic_count
-                .unwrap_or(if self.phase == Phase::Train {
-                    10_000
-                } else {
-                    500
-                }),
+            synthetic_count: self.synthetic_count.unwrap_or(if self.phase == Phase::Train { 10_000 } else { 500 }),
             synthetic_seed: self.synthetic_seed,
         })
     }

@@ -47,11 +47,7 @@ pub struct FileDataset {
 }
 
 fn expected_files(cfg: &ResolvedConfig) -> String {
-    format!(
-        "{} label/image pairs for the {} split",
-        cfg.dataset_mode,
-        cfg.phase.name()
-    )
+    format!("{} label/image pairs for the {} split", cfg.dataset_mode, cfg.phase.name())
 }
 
 impl FileDataset {
@@ -68,11 +64,7 @@ impl FileDataset {
             });
         }
         let mapping = LabelMapping::new(cfg.dataset_mode, cfg.label_nc, cfg.contain_dontcare_label);
-        Ok(FileDataset {
-            cfg,
-            pairs: listing.pairs,
-            mapping,
-        })
+        Ok(FileDataset { cfg, pairs: listing.pairs, mapping })
     }
 
     pub fn pairs(&self) -> &[PairPaths] {
@@ -80,14 +72,7 @@ impl FileDataset {
     }
 }
 
-fn check_size(
-    path: &Path,
-    kind: FileKind,
-    w: usize,
-    h: usize,
-    label: &Path,
-    lm: &LabelMap,
-) -> Result<()> {
+fn check_size(path: &Path, kind: FileKind, w: usize, h: usize, label: &Path, lm: &LabelMap) -> Result<()> {
     if (w, h) != (lm.width, lm.height) {
         return Err(DataError::SizeMismatch {
             path: path.to_path_buf(),
@@ -119,37 +104,18 @@ impl Dataset for FileDataset {
         let mut rng = Rng::new(aug_seed);
         let params = get_params(p, label.width, label.height, &mut rng);
         let image = read_image(&pair.image)?;
-        check_size(
-            &pair.image,
-            FileKind::Image,
-            image.width,
-            image.height,
-            &pair.label,
-            &label,
-        )?;
+        check_size(&pair.image, FileKind::Image, image.width, image.height, &pair.label, &label)?;
         let instance = match (&pair.instance, self.cfg.no_instance) {
             (Some(path), false) => {
                 let m = read_instance_png(path)?;
-                check_size(
-                    path,
-                    FileKind::Instance,
-                    m.width,
-                    m.height,
-                    &pair.label,
-                    &label,
-                )?;
+                check_size(path, FileKind::Instance, m.width, m.height, &pair.label, &label)?;
                 Some(transform_map(m, p, &params, 0))
             }
             _ => None,
         };
         let label = transform_map(label, p, &params, self.mapping.fill());
         let image = to_normalized(&transform_rgb(image, p, &params));
-        Ok(Sample {
-            label,
-            instance,
-            image: Some(image),
-            path: pair.label.clone(),
-        })
+        Ok(Sample { label, instance, image: Some(image), path: pair.label.clone() })
     }
 }
 
@@ -164,8 +130,7 @@ pub struct SyntheticDataset {
 impl SyntheticDataset {
     pub fn new(cfg: ResolvedConfig) -> Self {
         let width = cfg.preprocess.crop_size;
-        let height =
-            ((width as f64 / cfg.preprocess.aspect_ratio).round_ties_even() as usize).max(1);
+        let height = ((width as f64 / cfg.preprocess.aspect_ratio).round_ties_even() as usize).max(1);
         SyntheticDataset { cfg, width, height }
     }
 
@@ -178,12 +143,7 @@ impl SyntheticDataset {
     }
 
     pub fn scene(&self, index: usize) -> synthetic::Scene {
-        synthetic::generate(
-            self.cfg.synthetic_seed,
-            self.scene_index(index),
-            self.width,
-            self.height,
-        )
+        synthetic::generate(self.cfg.synthetic_seed, self.scene_index(index), self.width, self.height)
     }
 }
 
@@ -200,28 +160,15 @@ impl Dataset for SyntheticDataset {
         let scene = self.scene(index);
         let flip = self.cfg.preprocess.flip && Rng::new(aug_seed).next_f64() > 0.5;
         let mut label = Plane::new(scene.label.width, scene.label.height, 1, scene.label.data);
-        let mut inst = Plane::new(
-            scene.instance.width,
-            scene.instance.height,
-            1,
-            scene.instance.data,
-        );
+        let mut inst = Plane::new(scene.instance.width, scene.instance.height, 1, scene.instance.data);
         let mut rgb = Plane::new(scene.image.width, scene.image.height, 3, scene.image.data);
         if flip {
             flip_horizontal(&mut label);
             flip_horizontal(&mut inst);
             flip_horizontal(&mut rgb);
         }
-        let rgb = crate::RgbImage {
-            width: rgb.width,
-            height: rgb.height,
-            data: rgb.data,
-        };
-        let as_map = |p: Plane<u32>| LabelMap {
-            height: p.height,
-            width: p.width,
-            data: p.data,
-        };
+        let rgb = crate::RgbImage { width: rgb.width, height: rgb.height, data: rgb.data };
+        let as_map = |p: Plane<u32>| LabelMap { height: p.height, width: p.width, data: p.data };
         Ok(Sample {
             label: as_map(label),
             instance: (!self.cfg.no_instance).then(|| as_map(inst)),
@@ -250,28 +197,17 @@ pub struct CheckReport {
     pub problems: Vec<DataError>,
 }
 
-fn check_pair(
-    pair: &PairPaths,
-    cfg: &ResolvedConfig,
-    mapping: &LabelMapping,
-) -> (BTreeSet<u32>, Vec<DataError>) {
+fn check_pair(pair: &PairPaths, cfg: &ResolvedConfig, mapping: &LabelMapping) -> (BTreeSet<u32>, Vec<DataError>) {
     let mut seen = BTreeSet::new();
     let mut problems = Vec::new();
-    let label = read_label_png(&pair.label, cfg.palette.as_ref())
-        .and_then(|raw| mapping.apply(&pair.label, raw));
+    let label = read_label_png(&pair.label, cfg.palette.as_ref()).and_then(|raw| mapping.apply(&pair.label, raw));
     let label = match label {
         Ok(l) => {
             let mut present = vec![false; cfg.label_nc + 1];
             for &v in &l.data {
                 present[v as usize] = true;
             }
-            seen.extend(
-                present
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &p)| p)
-                    .map(|(i, _)| i as u32),
-            );
+            seen.extend(present.iter().enumerate().filter(|(_, &p)| p).map(|(i, _)| i as u32));
             Some(l)
         }
         Err(e) => {
@@ -282,14 +218,7 @@ fn check_pair(
     match read_image(&pair.image) {
         Ok(img) => {
             if let Some(l) = &label {
-                if let Err(e) = check_size(
-                    &pair.image,
-                    FileKind::Image,
-                    img.width,
-                    img.height,
-                    &pair.label,
-                    l,
-                ) {
+                if let Err(e) = check_size(&pair.image, FileKind::Image, img.width, img.height, &pair.label, l) {
                     problems.push(e);
                 }
             }
@@ -300,9 +229,7 @@ fn check_pair(
         match read_instance_png(path) {
             Ok(m) => {
                 if let Some(l) = &label {
-                    if let Err(e) =
-                        check_size(path, FileKind::Instance, m.width, m.height, &pair.label, l)
-                    {
+                    if let Err(e) = check_size(path, FileKind::Instance, m.width, m.height, &pair.label, l) {
                         problems.push(e);
                     }
                 }
@@ -333,16 +260,13 @@ pub fn check(cfg: &DatasetConfig) -> Result<CheckReport> {
             .map(|i| {
                 let s = ds.scene(i);
                 let seen: BTreeSet<u32> = s.label.data.iter().copied().collect();
-                let bad =
-                    seen.iter()
-                        .find(|&&v| v as usize >= nc)
-                        .map(|&v| DataError::LabelOutOfRange {
-                            path: PathBuf::from(format!("synthetic/{i}")),
-                            value: v,
-                            valid: format!("0..={} for label_nc {nc}", nc - 1),
-                            pixels: s.label.data.iter().filter(|&&x| x == v).count(),
-                            values: vec![v],
-                        });
+                let bad = seen.iter().find(|&&v| v as usize >= nc).map(|&v| DataError::LabelOutOfRange {
+                    path: PathBuf::from(format!("synthetic/{i}")),
+                    value: v,
+                    valid: format!("0..={} for label_nc {nc}", nc - 1),
+                    pixels: s.label.data.iter().filter(|&&x| x == v).count(),
+                    values: vec![v],
+                });
                 (seen, bad)
             })
             .collect();
@@ -371,16 +295,9 @@ pub fn check(cfg: &DatasetConfig) -> Result<CheckReport> {
             expected: expected_files(&resolved),
         });
     }
-    let mapping = LabelMapping::new(
-        resolved.dataset_mode,
-        resolved.label_nc,
-        resolved.contain_dontcare_label,
-    );
-    let results: Vec<(BTreeSet<u32>, Vec<DataError>)> = listing
-        .pairs
-        .par_iter()
-        .map(|p| check_pair(p, &resolved, &mapping))
-        .collect();
+    let mapping = LabelMapping::new(resolved.dataset_mode, resolved.label_nc, resolved.contain_dontcare_label);
+    let results: Vec<(BTreeSet<u32>, Vec<DataError>)> =
+        listing.pairs.par_iter().map(|p| check_pair(p, &resolved, &mapping)).collect();
     let mut all = BTreeSet::new();
     for (seen, problems) in results {
         all.extend(seen);
@@ -393,19 +310,10 @@ pub fn check(cfg: &DatasetConfig) -> Result<CheckReport> {
 /// Writes `count` synthetic scenes of `size x size` in the folder format: `images/*.png`,
 /// `labels/*.png` (palette-indexed: the indices are the ids, the palette the class colours),
 /// `instances/*.png` (8-bit ids) and `classes.json`. Files are named `{index:06}.png`.
-pub fn export_synthetic(
-    dir: &Path,
-    count: usize,
-    width: usize,
-    height: usize,
-    seed: u64,
-) -> Result<()> {
+pub fn export_synthetic(dir: &Path, count: usize, width: usize, height: usize, seed: u64) -> Result<()> {
     for sub in ["images", "labels", "instances"] {
         let d = dir.join(sub);
-        std::fs::create_dir_all(&d).map_err(|e| DataError::Write {
-            path: d.clone(),
-            detail: e.to_string(),
-        })?;
+        std::fs::create_dir_all(&d).map_err(|e| DataError::Write { path: d.clone(), detail: e.to_string() })?;
     }
     let palette = synthetic::palette();
     palette.save(&dir.join("classes.json"))?;

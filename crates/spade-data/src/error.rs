@@ -32,62 +32,33 @@ pub enum DataError {
 
     /// A file has no partner of the given kind (e.g. a label without its image).
     #[error("{}: missing {kind} partner: expected {expected}", path.display())]
-    MissingPartner {
-        path: PathBuf,
-        kind: FileKind,
-        expected: String,
-    },
+    MissingPartner { path: PathBuf, kind: FileKind, expected: String },
 
     /// The file cannot be opened or read at all.
     #[error("{}: cannot read {kind} file: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        kind: FileKind,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, kind: FileKind, source: std::io::Error },
 
     /// The file is present but its content cannot be decoded.
     #[error("{}: unreadable or corrupt {kind} file: {detail}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        kind: FileKind,
-        detail: String,
-    },
+    Corrupt { path: PathBuf, kind: FileKind, detail: String },
 
     /// A PNG colour type / depth that cannot hold ids for this kind of file.
     #[error("{}: unsupported {kind} PNG format {format}: expected {expected}", path.display())]
-    Unsupported {
-        path: PathBuf,
-        kind: FileKind,
-        format: String,
-        expected: String,
-    },
+    Unsupported { path: PathBuf, kind: FileKind, format: String, expected: String },
 
     /// A (raw) label value that is neither a valid class id nor the don't-care value.
     #[error(
         "{}: label value {value} is outside the valid range {valid} ({pixels} pixels with invalid values {values:?})",
         path.display()
     )]
-    LabelOutOfRange {
-        path: PathBuf,
-        value: u32,
-        valid: String,
-        pixels: usize,
-        values: Vec<u32>,
-    },
+    LabelOutOfRange { path: PathBuf, value: u32, valid: String, pixels: usize, values: Vec<u32> },
 
     /// A colour-coded label pixel whose colour is not in the palette.
     #[error(
         "{}: colour ({}, {}, {}) at pixel (x {x}, y {y}) is not in the palette ({count} known colours)",
         path.display(), rgb[0], rgb[1], rgb[2]
     )]
-    UnknownColour {
-        path: PathBuf,
-        rgb: [u8; 3],
-        x: usize,
-        y: usize,
-        count: usize,
-    },
+    UnknownColour { path: PathBuf, rgb: [u8; 3], x: usize, y: usize, count: usize },
 
     /// Partner files of one pair do not have the same size.
     #[error(
@@ -106,19 +77,11 @@ pub enum DataError {
 
     /// A dataset root that holds no pairs.
     #[error("{}: no {kind} files found: expected {expected}", path.display())]
-    Empty {
-        path: PathBuf,
-        kind: FileKind,
-        expected: String,
-    },
+    Empty { path: PathBuf, kind: FileKind, expected: String },
 
     /// An option value that cannot work.
     #[error("invalid dataset option {option} = {value}: expected {expected}")]
-    Config {
-        option: &'static str,
-        value: String,
-        expected: String,
-    },
+    Config { option: &'static str, value: String, expected: String },
 
     /// Writing an output file failed.
     #[error("{}: cannot write: {detail}", path.display())]

@@ -11,10 +11,8 @@ use crate::config::{DatasetMode, Phase, ResolvedConfig};
 use crate::error::{DataError, FileKind, Result};
 
 /// The reference's image extensions (`data/image_folder.py`).
-pub const IMG_EXTENSIONS: &[&str] = &[
-    ".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".ppm", ".PPM", ".bmp", ".BMP", ".tiff",
-    ".webp",
-];
+pub const IMG_EXTENSIONS: &[&str] =
+    &[".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".ppm", ".PPM", ".bmp", ".BMP", ".tiff", ".webp"];
 
 /// One sample's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +55,7 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
                 };
                 let (na, nb) = (take(&mut ai), take(&mut bi));
                 let (ta, tb) = (na.trim_start_matches('0'), nb.trim_start_matches('0'));
-                let o = ta
-                    .len()
-                    .cmp(&tb.len())
-                    .then(ta.cmp(tb))
-                    .then(na.len().cmp(&nb.len()));
+                let o = ta.len().cmp(&tb.len()).then(ta.cmp(tb)).then(na.len().cmp(&nb.len()));
                 if o != Ordering::Equal {
                     return o;
                 }
@@ -82,10 +76,7 @@ fn require_dir(dir: &Path, expected: &str) -> Result<()> {
     if dir.is_dir() {
         Ok(())
     } else {
-        Err(DataError::MissingDir {
-            path: dir.to_path_buf(),
-            expected: expected.to_string(),
-        })
+        Err(DataError::MissingDir { path: dir.to_path_buf(), expected: expected.to_string() })
     }
 }
 
@@ -94,27 +85,15 @@ fn list_files(dir: &Path, recursive: bool, kind: FileKind) -> Result<Vec<PathBuf
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| DataError::Io {
-            path: d.clone(),
-            kind,
-            source,
-        })?;
+        let entries = std::fs::read_dir(&d).map_err(|source| DataError::Io { path: d.clone(), kind, source })?;
         for entry in entries {
-            let entry = entry.map_err(|source| DataError::Io {
-                path: d.clone(),
-                kind,
-                source,
-            })?;
+            let entry = entry.map_err(|source| DataError::Io { path: d.clone(), kind, source })?;
             let path = entry.path();
             if path.is_dir() {
                 if recursive {
                     stack.push(path);
                 }
-            } else if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_image_file)
-            {
+            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(is_image_file) {
                 out.push(path);
             }
         }
@@ -124,9 +103,7 @@ fn list_files(dir: &Path, recursive: bool, kind: FileKind) -> Result<Vec<PathBuf
 }
 
 fn stem_of(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Keys files by `key`; the first file with a key wins (natural order).
@@ -186,17 +163,9 @@ fn pair_group(g: Group, out: &mut Listing) {
             });
         }
     }
-    let mut orphans: Vec<&PathBuf> = images
-        .iter()
-        .filter(|(k, _)| !used_images.contains(*k))
-        .map(|(_, p)| p)
-        .collect();
+    let mut orphans: Vec<&PathBuf> = images.iter().filter(|(k, _)| !used_images.contains(*k)).map(|(_, p)| p).collect();
     if let Some(m) = &instances {
-        orphans.extend(
-            m.iter()
-                .filter(|(k, _)| !used_instances.contains(*k))
-                .map(|(_, p)| p),
-        );
+        orphans.extend(m.iter().filter(|(k, _)| !used_instances.contains(*k)).map(|(_, p)| p));
     }
     for p in orphans {
         out.problems.push(DataError::MissingPartner {
@@ -213,10 +182,7 @@ fn stem_key(p: &Path) -> String {
 
 /// Cityscapes pairs by the first three `_` fields of the name: `city_seq_frame`.
 fn cityscapes_key(p: &Path) -> String {
-    let name = p
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     name.split('_').take(3).collect::<Vec<_>>().join("_")
 }
 

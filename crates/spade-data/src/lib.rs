@@ -29,9 +29,7 @@ pub mod synthetic;
 pub mod transform;
 
 pub use config::{DatasetConfig, DatasetMode, Phase, Preprocess, PreprocessMode, ResolvedConfig};
-pub use dataset::{
-    check, export_synthetic, open, CheckReport, Dataset, FileDataset, SyntheticDataset,
-};
+pub use dataset::{check, export_synthetic, open, CheckReport, Dataset, FileDataset, SyntheticDataset};
 pub use error::{DataError, FileKind};
 pub use layout::{list_pairs, Listing, PairPaths};
 pub use loader::{BatchLoader, LoaderOptions};

@@ -34,15 +34,7 @@ pub struct LoaderOptions {
 impl LoaderOptions {
     /// Training defaults: shuffled, last partial batch dropped, 4 batches prefetched, endless.
     pub fn train(batch_size: usize, seed: u64) -> Self {
-        LoaderOptions {
-            batch_size,
-            shuffle: true,
-            drop_last: true,
-            seed,
-            prefetch: 4,
-            start_epoch: 0,
-            epochs: None,
-        }
+        LoaderOptions { batch_size, shuffle: true, drop_last: true, seed, prefetch: 4, start_epoch: 0, epochs: None }
     }
 
     /// Evaluation defaults: dataset order, every sample, one epoch.
@@ -83,16 +75,8 @@ pub fn batches_per_epoch(len: usize, batch_size: usize, drop_last: bool) -> usiz
 }
 
 /// Loads the given samples in parallel (in order).
-pub fn load_batch(
-    dataset: &dyn Dataset,
-    indices: &[usize],
-    seed: u64,
-    epoch: usize,
-) -> Result<Vec<crate::Sample>> {
-    indices
-        .par_iter()
-        .map(|&i| dataset.load(i, aug_seed(seed, epoch, i)))
-        .collect()
+pub fn load_batch(dataset: &dyn Dataset, indices: &[usize], seed: u64, epoch: usize) -> Result<Vec<crate::Sample>> {
+    indices.par_iter().map(|&i| dataset.load(i, aug_seed(seed, epoch, i))).collect()
 }
 
 /// An iterator of batches, produced ahead of time on a background thread.
@@ -105,11 +89,7 @@ pub struct BatchLoader {
 impl BatchLoader {
     pub fn new(dataset: Arc<dyn Dataset>, opts: LoaderOptions) -> Result<Self> {
         if opts.batch_size == 0 {
-            return Err(DataError::Config {
-                option: "batch_size",
-                value: "0".into(),
-                expected: "at least 1".into(),
-            });
+            return Err(DataError::Config { option: "batch_size", value: "0".into(), expected: "at least 1".into() });
         }
         let len = dataset.len();
         let per_epoch = batches_per_epoch(len, opts.batch_size, opts.drop_last);
@@ -133,15 +113,12 @@ impl BatchLoader {
                     }
                     let order = epoch_order(len, opts.seed, epoch, opts.shuffle);
                     for (step, chunk) in order.chunks(opts.batch_size).take(per_epoch).enumerate() {
-                        let batch =
-                            load_batch(dataset.as_ref(), chunk, opts.seed, epoch).map(|samples| {
-                                Batch {
-                                    samples,
-                                    indices: chunk.to_vec(),
-                                    epoch,
-                                    step,
-                                }
-                            });
+                        let batch = load_batch(dataset.as_ref(), chunk, opts.seed, epoch).map(|samples| Batch {
+                            samples,
+                            indices: chunk.to_vec(),
+                            epoch,
+                            step,
+                        });
                         let failed = batch.is_err();
                         if tx.send(batch).is_err() || failed {
                             return;
@@ -151,11 +128,7 @@ impl BatchLoader {
                 }
             })
             .expect("spawn the loader thread");
-        Ok(BatchLoader {
-            rx: Some(rx),
-            handle: Some(handle),
-            batches_per_epoch: per_epoch,
-        })
+        Ok(BatchLoader { rx: Some(rx), handle: Some(handle), batches_per_epoch: per_epoch })
     }
 
     pub fn batches_per_epoch(&self) -> usize {

@@ -51,10 +51,7 @@ impl Palette {
                 return Err(DataError::Corrupt {
                     path: path.to_path_buf(),
                     kind: FileKind::Palette,
-                    detail: format!(
-                        "id {} is used by both \"{prev}\" and \"{}\"; expected unique ids",
-                        c.id, c.name
-                    ),
+                    detail: format!("id {} is used by both \"{prev}\" and \"{}\"; expected unique ids", c.id, c.name),
                 });
             }
             if let Some(prev) = colours.insert(c.color, &c.name) {
@@ -73,11 +70,7 @@ impl Palette {
 
     /// Number of classes: one more than the largest id.
     pub fn label_nc(&self) -> usize {
-        self.classes
-            .iter()
-            .map(|c| c.id as usize + 1)
-            .max()
-            .unwrap_or(0)
+        self.classes.iter().map(|c| c.id as usize + 1).max().unwrap_or(0)
     }
 
     fn lookup(&self) -> HashMap<[u8; 3], u32> {
@@ -86,10 +79,8 @@ impl Palette {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("palette serialises");
-        std::fs::write(path, text + "\n").map_err(|e| DataError::Write {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })
+        std::fs::write(path, text + "\n")
+            .map_err(|e| DataError::Write { path: path.to_path_buf(), detail: e.to_string() })
     }
 }
 
@@ -104,32 +95,18 @@ struct RawPng {
 }
 
 fn read_bytes(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        kind,
-        source,
-    })
+    std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), kind, source })
 }
 
 fn decode_png(path: &Path, kind: FileKind) -> Result<RawPng> {
     let bytes = read_bytes(path, kind)?;
-    let corrupt = |detail: String| DataError::Corrupt {
-        path: path.to_path_buf(),
-        kind,
-        detail,
-    };
+    let corrupt = |detail: String| DataError::Corrupt { path: path.to_path_buf(), kind, detail };
     let mut decoder = png::Decoder::new(Cursor::new(&bytes[..]));
     decoder.set_transformations(png::Transformations::IDENTITY);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| corrupt("PNG image too large".to_string()))?;
+    let mut reader = decoder.read_info().map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
+    let size = reader.output_buffer_size().ok_or_else(|| corrupt("PNG image too large".to_string()))?;
     let mut buf = vec![0u8; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
+    let info = reader.next_frame(&mut buf).map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
     let (width, height) = (info.width as usize, info.height as usize);
     let depth = info.bit_depth as u8;
     let spp = info.color_type.samples();
@@ -137,11 +114,7 @@ fn decode_png(path: &Path, kind: FileKind) -> Result<RawPng> {
     for row in buf.chunks(info.line_size).take(height) {
         match depth {
             8 => samples.extend(row[..width * spp].iter().map(|&v| v as u16)),
-            16 => samples.extend(
-                row[..width * spp * 2]
-                    .chunks_exact(2)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]])),
-            ),
+            16 => samples.extend(row[..width * spp * 2].chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]]))),
             1 | 2 | 4 => {
                 let d = depth as usize;
                 let per_byte = 8 / d;
@@ -155,13 +128,7 @@ fn decode_png(path: &Path, kind: FileKind) -> Result<RawPng> {
             _ => return Err(corrupt(format!("invalid PNG bit depth {depth}"))),
         }
     }
-    Ok(RawPng {
-        width,
-        height,
-        color: info.color_type,
-        depth,
-        samples,
-    })
+    Ok(RawPng { width, height, color: info.color_type, depth, samples })
 }
 
 fn format_name(raw: &RawPng) -> String {
@@ -184,12 +151,8 @@ pub fn read_label_png(path: &Path, palette: Option<&Palette>) -> Result<LabelMap
     let raw = decode_png(path, FileKind::Label)?;
     let (w, h) = (raw.width, raw.height);
     let data: Vec<u32> = match raw.color {
-        png::ColorType::Grayscale | png::ColorType::Indexed => {
-            raw.samples.iter().map(|&v| v as u32).collect()
-        }
-        png::ColorType::GrayscaleAlpha => {
-            raw.samples.iter().step_by(2).map(|&v| v as u32).collect()
-        }
+        png::ColorType::Grayscale | png::ColorType::Indexed => raw.samples.iter().map(|&v| v as u32).collect(),
+        png::ColorType::GrayscaleAlpha => raw.samples.iter().step_by(2).map(|&v| v as u32).collect(),
         png::ColorType::Rgb | png::ColorType::Rgba => {
             let Some(palette) = palette else {
                 return Err(DataError::Unsupported {
@@ -232,11 +195,7 @@ pub fn read_label_png(path: &Path, palette: Option<&Palette>) -> Result<LabelMap
             out
         }
     };
-    Ok(LabelMap {
-        height: h,
-        width: w,
-        data,
-    })
+    Ok(LabelMap { height: h, width: w, data })
 }
 
 /// Reads an instance-id PNG: grayscale of any depth (8-bit COCO, 16-bit Cityscapes
@@ -244,25 +203,14 @@ pub fn read_label_png(path: &Path, palette: Option<&Palette>) -> Result<LabelMap
 pub fn read_instance_png(path: &Path) -> Result<LabelMap> {
     let raw = decode_png(path, FileKind::Instance)?;
     let data: Vec<u32> = match raw.color {
-        png::ColorType::Grayscale | png::ColorType::Indexed => {
-            raw.samples.iter().map(|&v| v as u32).collect()
-        }
-        png::ColorType::GrayscaleAlpha => {
-            raw.samples.iter().step_by(2).map(|&v| v as u32).collect()
-        }
+        png::ColorType::Grayscale | png::ColorType::Indexed => raw.samples.iter().map(|&v| v as u32).collect(),
+        png::ColorType::GrayscaleAlpha => raw.samples.iter().step_by(2).map(|&v| v as u32).collect(),
         png::ColorType::Rgb | png::ColorType::Rgba => {
             let spp = raw.color.samples();
-            raw.samples
-                .chunks_exact(spp)
-                .map(|p| (p[0] as u32) << 16 | (p[1] as u32) << 8 | p[2] as u32)
-                .collect()
+            raw.samples.chunks_exact(spp).map(|p| (p[0] as u32) << 16 | (p[1] as u32) << 8 | p[2] as u32).collect()
         }
     };
-    Ok(LabelMap {
-        height: raw.height,
-        width: raw.width,
-        data,
-    })
+    Ok(LabelMap { height: raw.height, width: raw.width, data })
 }
 
 /// Reads a photo (JPEG, PNG, ...) and converts it to 8-bit RGB as PIL's `convert('RGB')` does.
@@ -274,11 +222,7 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
         detail: format!("image decoding failed: {e}"),
     })?;
     let rgb = img.to_rgb8();
-    Ok(RgbImage {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
-        data: rgb.into_raw(),
-    })
+    Ok(RgbImage { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }
 
 /// Reads only the size of an image file from its header (cheap).
@@ -300,10 +244,7 @@ fn write_png(
     palette: Option<Vec<u8>>,
     data: &[u8],
 ) -> Result<()> {
-    let werr = |e: String| DataError::Write {
-        path: PathBuf::from(path),
-        detail: e,
-    };
+    let werr = |e: String| DataError::Write { path: PathBuf::from(path), detail: e };
     let file = std::fs::File::create(path).map_err(|e| werr(e.to_string()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     enc.set_color(color);
@@ -313,9 +254,7 @@ fn write_png(
         enc.set_palette(p);
     }
     let mut writer = enc.write_header().map_err(|e| werr(e.to_string()))?;
-    writer
-        .write_image_data(data)
-        .map_err(|e| werr(e.to_string()))?;
+    writer.write_image_data(data).map_err(|e| werr(e.to_string()))?;
     writer.finish().map_err(|e| werr(e.to_string()))
 }
 
@@ -330,30 +269,10 @@ pub fn write_gray_png(path: &Path, map: &LabelMap) -> Result<()> {
     }
     if max <= 255 {
         let bytes: Vec<u8> = map.data.iter().map(|&v| v as u8).collect();
-        write_png(
-            path,
-            map.width,
-            map.height,
-            png::ColorType::Grayscale,
-            png::BitDepth::Eight,
-            None,
-            &bytes,
-        )
+        write_png(path, map.width, map.height, png::ColorType::Grayscale, png::BitDepth::Eight, None, &bytes)
     } else {
-        let bytes: Vec<u8> = map
-            .data
-            .iter()
-            .flat_map(|&v| (v as u16).to_be_bytes())
-            .collect();
-        write_png(
-            path,
-            map.width,
-            map.height,
-            png::ColorType::Grayscale,
-            png::BitDepth::Sixteen,
-            None,
-            &bytes,
-        )
+        let bytes: Vec<u8> = map.data.iter().flat_map(|&v| (v as u16).to_be_bytes()).collect();
+        write_png(path, map.width, map.height, png::ColorType::Grayscale, png::BitDepth::Sixteen, None, &bytes)
     }
 }
 
@@ -372,26 +291,10 @@ pub fn write_indexed_png(path: &Path, map: &LabelMap, palette: &Palette) -> Resu
         pal[3 * c.id as usize..3 * c.id as usize + 3].copy_from_slice(&c.color);
     }
     let bytes: Vec<u8> = map.data.iter().map(|&v| v as u8).collect();
-    write_png(
-        path,
-        map.width,
-        map.height,
-        png::ColorType::Indexed,
-        png::BitDepth::Eight,
-        Some(pal),
-        &bytes,
-    )
+    write_png(path, map.width, map.height, png::ColorType::Indexed, png::BitDepth::Eight, Some(pal), &bytes)
 }
 
 /// Writes 8-bit RGB (HWC) as a PNG.
 pub fn write_rgb_png(path: &Path, img: &RgbImage) -> Result<()> {
-    write_png(
-        path,
-        img.width,
-        img.height,
-        png::ColorType::Rgb,
-        png::BitDepth::Eight,
-        None,
-        &img.data,
-    )
+    write_png(path, img.width, img.height, png::ColorType::Rgb, png::BitDepth::Eight, None, &img.data)
 }

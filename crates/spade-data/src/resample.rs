@@ -21,12 +21,7 @@ pub struct Plane<T> {
 impl<T: Copy> Plane<T> {
     pub fn new(width: usize, height: usize, channels: usize, data: Vec<T>) -> Self {
         assert_eq!(data.len(), width * height * channels, "plane size");
-        Plane {
-            width,
-            height,
-            channels,
-            data,
-        }
+        Plane { width, height, channels, data }
     }
 }
 
@@ -80,11 +75,7 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..ksize {
             let v = if x < xmax { k[x] } else { 0.0 };
             let f = (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 {
-                (-0.5 + v * f) as i32
-            } else {
-                (0.5 + v * f) as i32
-            };
+            kk[xx * ksize + x] = if v < 0.0 { (-0.5 + v * f) as i32 } else { (0.5 + v * f) as i32 };
         }
         bounds.push((xmin as usize, xmax));
     }
@@ -197,14 +188,7 @@ pub fn resize_nearest<T: Copy>(src: &Plane<T>, out_w: usize, out_h: usize) -> Pl
 }
 
 /// Pillow's `img.crop((x, y, x + w, y + h))`: the part outside the source is `fill`.
-pub fn crop<T: Copy>(
-    src: &Plane<T>,
-    x0: usize,
-    y0: usize,
-    w: usize,
-    h: usize,
-    fill: T,
-) -> Plane<T> {
+pub fn crop<T: Copy>(src: &Plane<T>, x0: usize, y0: usize, w: usize, h: usize, fill: T) -> Plane<T> {
     if x0 == 0 && y0 == 0 && w == src.width && h == src.height {
         return src.clone();
     }

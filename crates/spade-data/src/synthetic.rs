@@ -38,8 +38,8 @@ pub const ROOF: u8 = 13;
 
 /// Class names, indexed by id.
 pub const CLASS_NAMES: [&str; NUM_CLASSES] = [
-    "sky", "cloud", "sun", "mountain", "snow", "rock", "water", "sand", "grass", "tree", "bush",
-    "road", "house", "roof",
+    "sky", "cloud", "sun", "mountain", "snow", "rock", "water", "sand", "grass", "tree", "bush", "road", "house",
+    "roof",
 ];
 
 /// Label colours, indexed by id.
@@ -92,42 +92,15 @@ impl Style {
         let t = [TimeOfDay::Day, TimeOfDay::Sunset, TimeOfDay::Night];
         let s = [Season::Summer, Season::Autumn, Season::Winter];
         [
-            Style {
-                time: t[0],
-                season: s[0],
-            },
-            Style {
-                time: t[0],
-                season: s[1],
-            },
-            Style {
-                time: t[0],
-                season: s[2],
-            },
-            Style {
-                time: t[1],
-                season: s[0],
-            },
-            Style {
-                time: t[1],
-                season: s[1],
-            },
-            Style {
-                time: t[1],
-                season: s[2],
-            },
-            Style {
-                time: t[2],
-                season: s[0],
-            },
-            Style {
-                time: t[2],
-                season: s[1],
-            },
-            Style {
-                time: t[2],
-                season: s[2],
-            },
+            Style { time: t[0], season: s[0] },
+            Style { time: t[0], season: s[1] },
+            Style { time: t[0], season: s[2] },
+            Style { time: t[1], season: s[0] },
+            Style { time: t[1], season: s[1] },
+            Style { time: t[1], season: s[2] },
+            Style { time: t[2], season: s[0] },
+            Style { time: t[2], season: s[1] },
+            Style { time: t[2], season: s[2] },
         ]
     };
 
@@ -157,9 +130,8 @@ pub struct Scene {
 
 #[inline]
 fn hash2(x: i32, y: i32, s: u32) -> u32 {
-    let mut h = (x as u32).wrapping_mul(0x8da6_b343)
-        ^ (y as u32).wrapping_mul(0xd816_3841)
-        ^ s.wrapping_mul(0xcb1a_b31f);
+    let mut h =
+        (x as u32).wrapping_mul(0x8da6_b343) ^ (y as u32).wrapping_mul(0xd816_3841) ^ s.wrapping_mul(0xcb1a_b31f);
     h ^= h >> 15;
     h = h.wrapping_mul(0x2c1b_3c6d);
     h ^= h >> 12;
@@ -204,45 +176,15 @@ enum Shape {
     /// A union of ellipses (cx, cy, rx, ry), up to 5.
     Blob { n: usize, e: [[f32; 4]; 5] },
     /// A round tree: crown ellipse(s) above a trunk.
-    RoundTree {
-        cx: f32,
-        base: f32,
-        trunk_w: f32,
-        trunk_h: f32,
-        crown: [[f32; 4]; 3],
-    },
+    RoundTree { cx: f32, base: f32, trunk_w: f32, trunk_h: f32, crown: [[f32; 4]; 3] },
     /// A conifer: a triangle above a trunk.
-    Conifer {
-        cx: f32,
-        base: f32,
-        trunk_w: f32,
-        trunk_h: f32,
-        half_w: f32,
-        height: f32,
-    },
+    Conifer { cx: f32, base: f32, trunk_w: f32, trunk_h: f32, half_w: f32, height: f32 },
     /// A house wall (rectangle).
-    Wall {
-        x0: f32,
-        x1: f32,
-        top: f32,
-        base: f32,
-        cols: u8,
-        rows: u8,
-    },
+    Wall { x0: f32, x1: f32, top: f32, base: f32, cols: u8, rows: u8 },
     /// A roof: triangle / trapezoid from `top - height` to `top`.
-    Roof {
-        cx: f32,
-        top: f32,
-        half_w: f32,
-        height: f32,
-    },
+    Roof { cx: f32, top: f32, half_w: f32, height: f32 },
     /// A bush or rock: an ellipse cut at its base.
-    Mound {
-        cx: f32,
-        base: f32,
-        rx: f32,
-        ry: f32,
-    },
+    Mound { cx: f32, base: f32, rx: f32, ry: f32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -268,24 +210,10 @@ impl Object {
         };
         match &self.shape {
             Shape::Blob { n, e } => e[..*n].iter().any(inside_e),
-            Shape::RoundTree {
-                cx,
-                base,
-                trunk_w,
-                trunk_h,
-                crown,
-            } => {
-                ((u - cx).abs() < *trunk_w && v < *base && v > base - trunk_h)
-                    || crown.iter().any(inside_e)
+            Shape::RoundTree { cx, base, trunk_w, trunk_h, crown } => {
+                ((u - cx).abs() < *trunk_w && v < *base && v > base - trunk_h) || crown.iter().any(inside_e)
             }
-            Shape::Conifer {
-                cx,
-                base,
-                trunk_w,
-                trunk_h,
-                half_w,
-                height,
-            } => {
+            Shape::Conifer { cx, base, trunk_w, trunk_h, half_w, height } => {
                 let tb = base - trunk_h;
                 if (u - cx).abs() < *trunk_w && v < *base && v > tb - 0.01 {
                     return true;
@@ -293,19 +221,10 @@ impl Object {
                 let apex = tb - height;
                 v > apex && v < tb && (u - cx).abs() < half_w * (v - apex) / height
             }
-            Shape::Wall {
-                x0, x1, top, base, ..
-            } => u >= *x0 && u < *x1 && v >= *top && v < *base,
-            Shape::Roof {
-                cx,
-                top,
-                half_w,
-                height,
-            } => {
+            Shape::Wall { x0, x1, top, base, .. } => u >= *x0 && u < *x1 && v >= *top && v < *base,
+            Shape::Roof { cx, top, half_w, height } => {
                 let apex = top - height;
-                v > apex
-                    && v < *top
-                    && (u - cx).abs() < half_w * (0.35 + 0.65 * (v - apex) / height)
+                v > apex && v < *top && (u - cx).abs() < half_w * (0.35 + 0.65 * (v - apex) / height)
             }
             Shape::Mound { cx, base, rx, ry } => {
                 let dx = (u - cx) / rx;
@@ -349,8 +268,7 @@ impl Layout {
     }
 
     fn shore(&self, u: f32) -> Option<f32> {
-        self.lake
-            .map(|(d, wob)| self.horizon + d + (vnoise1(u, 5.0, self.tex_seed + 7) - 0.5) * wob)
+        self.lake.map(|(d, wob)| self.horizon + d + (vnoise1(u, 5.0, self.tex_seed + 7) - 0.5) * wob)
     }
 
     /// Road centre and half width at row v (None above its top).
@@ -379,21 +297,11 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
     if rng.chance(0.75) {
         let r = rng.range(0.035, 0.06) as f32;
         let cx = rng.range(0.1, aspect as f64 - 0.1) as f32;
-        let lo = if style.time == TimeOfDay::Sunset {
-            horizon as f64 - 0.22
-        } else {
-            0.08
-        };
-        let cy = rng.range(
-            lo.max(0.06),
-            (horizon as f64 - 0.1).max(lo.max(0.06) + 0.01),
-        ) as f32;
+        let lo = if style.time == TimeOfDay::Sunset { horizon as f64 - 0.22 } else { 0.08 };
+        let cy = rng.range(lo.max(0.06), (horizon as f64 - 0.1).max(lo.max(0.06) + 0.01)) as f32;
         objects.push(Object {
             class: SUN,
-            shape: Shape::Blob {
-                n: 1,
-                e: [[cx, cy, r, r], [0.0; 4], [0.0; 4], [0.0; 4], [0.0; 4]],
-            },
+            shape: Shape::Blob { n: 1, e: [[cx, cy, r, r], [0.0; 4], [0.0; 4], [0.0; 4], [0.0; 4]] },
             bbox: [cx - r, cy - r, cx + r, cy + r],
             tint: [1.0; 3],
             only_over_sky: true,
@@ -414,21 +322,10 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
             let ry = rx * rng.range(0.4, 0.7) as f32;
             let oy = -(1.0 - (ox / w).abs()) * ry * 0.5;
             *ei = [cx + ox, cy + oy, rx, ry];
-            bb = [
-                bb[0].min(cx + ox - rx),
-                bb[1].min(cy + oy - ry),
-                bb[2].max(cx + ox + rx),
-                bb[3].max(cy + oy + ry),
-            ];
+            bb = [bb[0].min(cx + ox - rx), bb[1].min(cy + oy - ry), bb[2].max(cx + ox + rx), bb[3].max(cy + oy + ry)];
         }
         let g = rng.range(0.85, 1.0) as f32;
-        objects.push(Object {
-            class: CLOUD,
-            shape: Shape::Blob { n, e },
-            bbox: bb,
-            tint: [g; 3],
-            only_over_sky: true,
-        });
+        objects.push(Object { class: CLOUD, shape: Shape::Blob { n, e }, bbox: bb, tint: [g; 3], only_over_sky: true });
     }
     // Mountains.
     let mut mountains = Vec::new();
@@ -447,20 +344,10 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
         Season::Winter => rng.range(0.35, 0.55),
         _ => rng.range(0.6, 0.85),
     } as f32;
-    let snowline = if rng.chance(0.8) {
-        max_h * snow_frac
-    } else {
-        10.0
-    };
+    let snowline = if rng.chance(0.8) { max_h * snow_frac } else { 10.0 };
     // Lake and shore.
-    let lake = rng
-        .chance(0.55)
-        .then(|| (rng.range(0.05, 0.25) as f32, rng.range(0.0, 0.06) as f32));
-    let sand = if lake.is_some() && rng.chance(0.7) {
-        rng.range(0.025, 0.07) as f32
-    } else {
-        0.0
-    };
+    let lake = rng.chance(0.55).then(|| (rng.range(0.05, 0.25) as f32, rng.range(0.0, 0.06) as f32));
+    let sand = if lake.is_some() && rng.chance(0.7) { rng.range(0.025, 0.07) as f32 } else { 0.0 };
     let land_top_mid = horizon + lake.map(|l| l.0 + sand + 0.03).unwrap_or(0.0);
     // Road.
     let road = (land_top_mid < 0.8 && rng.chance(0.45)).then(|| {
@@ -488,25 +375,22 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
         Some(s) => s + l.sand + 0.01,
         None => l.horizon + 0.01,
     };
-    let on_road = |u: f32, v: f32, l: &Layout| {
-        l.road_at(v, land_top(u, l))
-            .is_some_and(|(c, hw)| (u - c).abs() < hw + 0.02)
-    };
+    let on_road =
+        |u: f32, v: f32, l: &Layout| l.road_at(v, land_top(u, l)).is_some_and(|(c, hw)| (u - c).abs() < hw + 0.02);
     let depth = |v: f32, l: &Layout| ((v - l.horizon) / (1.0 - l.horizon)).clamp(0.0, 1.0);
-    let place =
-        |rng: &mut Rng, l: &Layout, min_depth: f32, max_depth: f32| -> Option<(f32, f32, f32)> {
-            for _ in 0..6 {
-                let u = rng.range(0.0, l.aspect as f64) as f32;
-                let top = land_top(u, l);
-                let v = top + rng.range(0.0, 1.0) as f32 * (1.02 - top);
-                let d = depth(v, l);
-                if d < min_depth || d > max_depth || on_road(u, v, l) {
-                    continue;
-                }
-                return Some((u, v, 0.25 + 1.3 * d));
+    let place = |rng: &mut Rng, l: &Layout, min_depth: f32, max_depth: f32| -> Option<(f32, f32, f32)> {
+        for _ in 0..6 {
+            let u = rng.range(0.0, l.aspect as f64) as f32;
+            let top = land_top(u, l);
+            let v = top + rng.range(0.0, 1.0) as f32 * (1.02 - top);
+            let d = depth(v, l);
+            if d < min_depth || d > max_depth || on_road(u, v, l) {
+                continue;
             }
-            None
-        };
+            return Some((u, v, 0.25 + 1.3 * d));
+        }
+        None
+    };
 
     // Houses.
     if rng.chance(0.45) {
@@ -517,23 +401,10 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
                 let rh = w * rng.range(0.35, 0.6) as f32;
                 let wall_c = choose(
                     &mut rng,
-                    &[
-                        [0.92, 0.9, 0.85],
-                        [0.95, 0.85, 0.6],
-                        [0.7, 0.8, 0.9],
-                        [0.9, 0.65, 0.55],
-                        [0.75, 0.6, 0.45],
-                    ],
+                    &[[0.92, 0.9, 0.85], [0.95, 0.85, 0.6], [0.7, 0.8, 0.9], [0.9, 0.65, 0.55], [0.75, 0.6, 0.45]],
                 );
-                let roof_c = choose(
-                    &mut rng,
-                    &[
-                        [0.6, 0.18, 0.12],
-                        [0.3, 0.27, 0.28],
-                        [0.45, 0.25, 0.15],
-                        [0.2, 0.3, 0.45],
-                    ],
-                );
+                let roof_c =
+                    choose(&mut rng, &[[0.6, 0.18, 0.12], [0.3, 0.27, 0.28], [0.45, 0.25, 0.15], [0.2, 0.3, 0.45]]);
                 let (x0, x1, top) = (u - w / 2.0, u + w / 2.0, v - h);
                 let ov = w * 0.08;
                 ground.push((
@@ -555,12 +426,7 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
                         },
                         Object {
                             class: ROOF,
-                            shape: Shape::Roof {
-                                cx: u,
-                                top: top + 0.002,
-                                half_w: w / 2.0 + ov,
-                                height: rh,
-                            },
+                            shape: Shape::Roof { cx: u, top: top + 0.002, half_w: w / 2.0 + ov, height: rh },
                             bbox: [x0 - ov, top - rh, x1 + ov, top + 0.002],
                             tint: roof_c,
                             only_over_sky: false,
@@ -585,14 +451,7 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
                     let half_w = size * 0.3;
                     Object {
                         class: TREE,
-                        shape: Shape::Conifer {
-                            cx: u,
-                            base: v,
-                            trunk_w,
-                            trunk_h,
-                            half_w,
-                            height,
-                        },
+                        shape: Shape::Conifer { cx: u, base: v, trunk_w, trunk_h, half_w, height },
                         bbox: [u - half_w, v - trunk_h - height, u + half_w, v],
                         tint,
                         only_over_sky: false,
@@ -608,13 +467,7 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
                     ];
                     Object {
                         class: TREE,
-                        shape: Shape::RoundTree {
-                            cx: u,
-                            base: v,
-                            trunk_w,
-                            trunk_h,
-                            crown,
-                        },
+                        shape: Shape::RoundTree { cx: u, base: v, trunk_w, trunk_h, crown },
                         bbox: [u - 1.25 * r, cy - r, u + 1.25 * r, v],
                         tint,
                         only_over_sky: false,
@@ -636,12 +489,7 @@ fn make_layout(seed: u64, aspect: f32) -> Layout {
                         v,
                         vec![Object {
                             class,
-                            shape: Shape::Mound {
-                                cx: u,
-                                base: v,
-                                rx,
-                                ry,
-                            },
+                            shape: Shape::Mound { cx: u, base: v, rx, ry },
                             bbox: [u - rx, v - ry, u + rx, v],
                             tint: [g; 3],
                             only_over_sky: false,
@@ -665,11 +513,7 @@ type Rgb = [f32; 3];
 
 #[inline]
 fn lerp3(a: Rgb, b: Rgb, t: f32) -> Rgb {
-    [
-        a[0] + (b[0] - a[0]) * t,
-        a[1] + (b[1] - a[1]) * t,
-        a[2] + (b[2] - a[2]) * t,
-    ]
+    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
 }
 
 #[inline]
@@ -722,56 +566,26 @@ fn style_palette(style: Style) -> Palette {
         ),
     };
     let (grass, tree, bush) = match style.season {
-        Season::Summer => (
-            [0.3, 0.6, 0.2],
-            [[0.1, 0.36, 0.1], [0.16, 0.45, 0.12]],
-            [0.26, 0.5, 0.16],
-        ),
-        Season::Autumn => (
-            [0.55, 0.55, 0.22],
-            [[0.8, 0.35, 0.07], [0.85, 0.65, 0.1]],
-            [0.6, 0.42, 0.14],
-        ),
-        Season::Winter => (
-            [0.8, 0.83, 0.8],
-            [[0.32, 0.27, 0.22], [0.4, 0.34, 0.28]],
-            [0.55, 0.5, 0.45],
-        ),
+        Season::Summer => ([0.3, 0.6, 0.2], [[0.1, 0.36, 0.1], [0.16, 0.45, 0.12]], [0.26, 0.5, 0.16]),
+        Season::Autumn => ([0.55, 0.55, 0.22], [[0.8, 0.35, 0.07], [0.85, 0.65, 0.1]], [0.6, 0.42, 0.14]),
+        Season::Winter => ([0.8, 0.83, 0.8], [[0.32, 0.27, 0.22], [0.4, 0.34, 0.28]], [0.55, 0.5, 0.45]),
     };
-    Palette {
-        sky_top,
-        sky_horizon,
-        sun,
-        cloud,
-        light,
-        grass,
-        tree,
-        bush,
-        windows,
-    }
+    Palette { sky_top, sky_horizon, sun, cloud, light, grass, tree, bush, windows }
 }
 
 /// Generates scene `index` of the dataset with seed `seed`, `width x height` pixels.
 pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
-    assert!(
-        width > 0 && height > 0,
-        "synthetic scene size must be positive"
-    );
+    assert!(width > 0 && height > 0, "synthetic scene size must be positive");
     let (w, h) = (width, height);
     let aspect = w as f32 / h as f32;
     let layout = make_layout(hash_seed(&[seed, index, 0x5ce7e]), aspect);
     let inv_h = 1.0 / h as f32;
 
     // 1. Stuff classes per pixel.
-    let ridge: Vec<f32> = (0..w)
-        .map(|x| layout.ridge((x as f32 + 0.5) * inv_h))
-        .collect();
-    let snow_wobble: Vec<f32> = (0..w)
-        .map(|x| (vnoise1((x as f32 + 0.5) * inv_h, 25.0, layout.tex_seed + 3) - 0.5) * 0.04)
-        .collect();
-    let shore: Vec<Option<f32>> = (0..w)
-        .map(|x| layout.shore((x as f32 + 0.5) * inv_h))
-        .collect();
+    let ridge: Vec<f32> = (0..w).map(|x| layout.ridge((x as f32 + 0.5) * inv_h)).collect();
+    let snow_wobble: Vec<f32> =
+        (0..w).map(|x| (vnoise1((x as f32 + 0.5) * inv_h, 25.0, layout.tex_seed + 3) - 0.5) * 0.04).collect();
+    let shore: Vec<Option<f32>> = (0..w).map(|x| layout.shore((x as f32 + 0.5) * inv_h)).collect();
     let mut label = vec![SKY; w * h];
     let mut inst = vec![0u32; w * h];
     for y in 0..h {
@@ -855,9 +669,7 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
             let i = y * w + x;
             let c = label[i];
             let grain = white(x as i32, y as i32, ts) - 0.5;
-            let obj = inst[i]
-                .checked_sub(FIRST_OBJECT_ID)
-                .map(|k| &layout.objects[k as usize]);
+            let obj = inst[i].checked_sub(FIRST_OBJECT_ID).map(|k| &layout.objects[k as usize]);
             let lit = |col: Rgb| mul3(col, pal.light);
             let col: Rgb = match c {
                 SKY => {
@@ -868,28 +680,19 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
                     }
                 }
                 SUN => {
-                    let n = if night {
-                        vnoise(u, v, 90.0, ts + 11) * 0.25
-                    } else {
-                        0.0
-                    };
+                    let n = if night { vnoise(u, v, 90.0, ts + 11) * 0.25 } else { 0.0 };
                     scale3(pal.sun, 1.0 - n)
                 }
                 CLOUD => {
                     let o = obj.expect("cloud pixel has an object");
                     let n = vnoise(u, v, 40.0, ts + 12);
-                    let bottom =
-                        ((v - o.bbox[1]) / (o.bbox[3] - o.bbox[1]).max(1e-4)).clamp(0.0, 1.0);
+                    let bottom = ((v - o.bbox[1]) / (o.bbox[3] - o.bbox[1]).max(1e-4)).clamp(0.0, 1.0);
                     scale3(pal.cloud, o.tint[0] * (0.92 + 0.12 * n - 0.18 * bottom))
                 }
                 MOUNTAIN => {
                     let n = vnoise(u, v, 14.0, ts + 13);
                     let n2 = vnoise(u * 3.0, v * 0.6, 40.0, ts + 14);
-                    let base = if winter {
-                        [0.42, 0.42, 0.48]
-                    } else {
-                        [0.36, 0.36, 0.42]
-                    };
+                    let base = if winter { [0.42, 0.42, 0.48] } else { [0.36, 0.36, 0.42] };
                     let fade = ((layout.horizon - v) * 2.0).clamp(0.0, 0.4);
                     let col = scale3(base, 0.75 + 0.3 * n + 0.15 * n2);
                     lit(lerp3(col, pal.sky_horizon, 0.45 - fade))
@@ -905,21 +708,13 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
                         let t = (v - o.bbox[1]) / (o.bbox[3] - o.bbox[1]).max(1e-4);
                         1.1 - 0.35 * t
                     });
-                    let base = if winter {
-                        [0.6, 0.6, 0.62]
-                    } else {
-                        [0.46, 0.44, 0.41]
-                    };
+                    let base = if winter { [0.6, 0.6, 0.62] } else { [0.46, 0.44, 0.41] };
                     lit(scale3(base, g * shade * (0.7 + 0.45 * n + 0.2 * grain)))
                 }
                 WATER => {
                     let n = vnoise(u, v * 4.0, 12.0, ts + 17);
                     let ripple = ((v * 260.0 + n * 9.0).sin() * 0.5 + 0.5) * (0.4 + 0.6 * depth);
-                    let deep = if winter {
-                        [0.55, 0.65, 0.72]
-                    } else {
-                        [0.08, 0.25, 0.42]
-                    };
+                    let deep = if winter { [0.55, 0.65, 0.72] } else { [0.08, 0.25, 0.42] };
                     let refl = lerp3(pal.sky_horizon, deep, (0.35 + depth * 2.0).min(0.85));
                     let col = scale3(refl, 0.88 + 0.22 * ripple);
                     if night {
@@ -941,20 +736,8 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
                 TREE => {
                     let o = obj.expect("tree pixel has an object");
                     let (cx, base, tw, th) = match o.shape {
-                        Shape::RoundTree {
-                            cx,
-                            base,
-                            trunk_w,
-                            trunk_h,
-                            ..
-                        }
-                        | Shape::Conifer {
-                            cx,
-                            base,
-                            trunk_w,
-                            trunk_h,
-                            ..
-                        } => (cx, base, trunk_w, trunk_h),
+                        Shape::RoundTree { cx, base, trunk_w, trunk_h, .. }
+                        | Shape::Conifer { cx, base, trunk_w, trunk_h, .. } => (cx, base, trunk_w, trunk_h),
                         _ => (0.0, 0.0, 0.0, 0.0),
                     };
                     let is_trunk = (u - cx).abs() < tw && v > base - th;
@@ -964,11 +747,7 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
                         let n = vnoise(u, v, 70.0, ts + 21);
                         let leaf = lerp3(pal.tree[0], pal.tree[1], o.tint[0]);
                         let side = ((u - cx) * 8.0).clamp(-0.5, 0.5);
-                        let leaf = if winter && n > 0.75 {
-                            [0.85, 0.88, 0.9]
-                        } else {
-                            leaf
-                        };
+                        let leaf = if winter && n > 0.75 { [0.85, 0.88, 0.9] } else { leaf };
                         lit(scale3(leaf, 0.7 + 0.5 * n - 0.2 * side))
                     }
                 }
@@ -998,15 +777,7 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
                     let o = obj.expect("house pixel has an object");
                     let mut col = o.tint;
                     let mut glowing = false;
-                    if let Shape::Wall {
-                        x0,
-                        x1,
-                        top,
-                        base,
-                        cols,
-                        rows,
-                    } = o.shape
-                    {
+                    if let Shape::Wall { x0, x1, top, base, cols, rows } = o.shape {
                         let lx = (u - x0) / (x1 - x0);
                         let ly = (v - top) / (base - top);
                         let fx = (lx * cols as f32).fract();
@@ -1028,11 +799,7 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
                 ROOF => {
                     let o = obj.expect("roof pixel has an object");
                     let stripe = ((v * 400.0).sin() * 0.5 + 0.5) * 0.18;
-                    let col = if winter {
-                        lerp3(o.tint, [0.92, 0.93, 0.96], 0.6)
-                    } else {
-                        o.tint
-                    };
+                    let col = if winter { lerp3(o.tint, [0.92, 0.93, 0.96], 0.6) } else { o.tint };
                     lit(scale3(col, 0.9 + stripe))
                 }
                 _ => [1.0, 0.0, 1.0],
@@ -1044,21 +811,9 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
         }
     }
     Scene {
-        label: LabelMap {
-            height: h,
-            width: w,
-            data: label.into_iter().map(u32::from).collect(),
-        },
-        instance: LabelMap {
-            height: h,
-            width: w,
-            data: inst,
-        },
-        image: RgbImage {
-            width: w,
-            height: h,
-            data: img,
-        },
+        label: LabelMap { height: h, width: w, data: label.into_iter().map(u32::from).collect() },
+        instance: LabelMap { height: h, width: w, data: inst },
+        image: RgbImage { width: w, height: h, data: img },
         style: layout.style,
     }
 }
@@ -1067,11 +822,7 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
 pub fn palette() -> crate::pngio::Palette {
     crate::pngio::Palette {
         classes: (0..NUM_CLASSES)
-            .map(|i| crate::pngio::ClassInfo {
-                id: i as u32,
-                name: CLASS_NAMES[i].to_string(),
-                color: PALETTE[i],
-            })
+            .map(|i| crate::pngio::ClassInfo { id: i as u32, name: CLASS_NAMES[i].to_string(), color: PALETTE[i] })
             .collect(),
     }
 }
@@ -1082,9 +833,5 @@ pub fn colorize(label: &LabelMap) -> RgbImage {
     for &id in &label.data {
         data.extend_from_slice(PALETTE.get(id as usize).unwrap_or(&[0, 0, 0]));
     }
-    RgbImage {
-        width: label.width,
-        height: label.height,
-        data,
-    }
+    RgbImage { width: label.width, height: label.height, data }
 }

@@ -19,11 +19,7 @@ pub struct LabelMapping {
 
 impl LabelMapping {
     pub fn new(mode: DatasetMode, label_nc: usize, contain_dontcare_label: bool) -> Self {
-        LabelMapping {
-            label_nc: label_nc as u32,
-            contain_dontcare_label,
-            shift_by_one: mode == DatasetMode::Ade20k,
-        }
+        LabelMapping { label_nc: label_nc as u32, contain_dontcare_label, shift_by_one: mode == DatasetMode::Ade20k }
     }
 
     /// The id of a raw value, or `None` when the value is invalid.
@@ -52,9 +48,7 @@ impl LabelMapping {
         match (self.shift_by_one, self.contain_dontcare_label) {
             (false, true) => format!("0..={} or 255 (don't care) for label_nc {nc}", nc - 1),
             (false, false) => format!("0..={} for label_nc {nc}", nc - 1),
-            (true, true) => format!(
-                "0..={nc} for label_nc {nc} (ADE20K raw values: 0 = don't care, v -> v - 1)"
-            ),
+            (true, true) => format!("0..={nc} for label_nc {nc} (ADE20K raw values: 0 = don't care, v -> v - 1)"),
             (true, false) => format!("1..={nc} for label_nc {nc} (ADE20K raw values: v -> v - 1)"),
         }
     }
@@ -83,12 +77,7 @@ impl LabelMapping {
             }
             return Ok(out);
         }
-        let mut bad: Vec<u32> = out
-            .data
-            .iter()
-            .copied()
-            .filter(|&v| self.map(v).is_none())
-            .collect();
+        let mut bad: Vec<u32> = out.data.iter().copied().filter(|&v| self.map(v).is_none()).collect();
         let pixels = bad.len();
         bad.sort_unstable();
         bad.dedup();
@@ -134,11 +123,7 @@ pub fn get_params(p: &Preprocess, width: usize, height: usize, rng: &mut Rng) ->
     let crop_x = rng.randint(0, new_w.saturating_sub(p.crop_size));
     let crop_y = rng.randint(0, new_h.saturating_sub(p.crop_size));
     let flip = rng.next_f64() > 0.5;
-    AugParams {
-        crop_x,
-        crop_y,
-        flip,
-    }
+    AugParams { crop_x, crop_y, flip }
 }
 
 /// Python's `round()` (half to even) as an integer size.
@@ -153,10 +138,7 @@ pub fn output_size(p: &Preprocess, width: usize, height: usize) -> (usize, usize
         (w, h) = (p.load_size, p.load_size);
     } else if p.mode.scales_width() {
         if w != p.load_size {
-            (w, h) = (
-                p.load_size,
-                (p.load_size as f64 * h as f64 / w as f64) as usize,
-            );
+            (w, h) = (p.load_size, (p.load_size as f64 * h as f64 / w as f64) as usize);
         }
     } else if p.mode.scales_shortside() {
         let (ss, ls) = (w.min(h), w.max(h));
@@ -170,16 +152,10 @@ pub fn output_size(p: &Preprocess, width: usize, height: usize) -> (usize, usize
     }
     if p.mode == PreprocessMode::None {
         let base = 32.0;
-        (w, h) = (
-            (py_round(w as f64 / base) * 32).max(32),
-            (py_round(h as f64 / base) * 32).max(32),
-        );
+        (w, h) = ((py_round(w as f64 / base) * 32).max(32), (py_round(h as f64 / base) * 32).max(32));
     }
     if p.mode == PreprocessMode::Fixed {
-        (w, h) = (
-            p.crop_size,
-            py_round(p.crop_size as f64 / p.aspect_ratio).max(1),
-        );
+        (w, h) = (p.crop_size, py_round(p.crop_size as f64 / p.aspect_ratio).max(1));
     }
     (w.max(1), h.max(1))
 }
@@ -235,22 +211,14 @@ fn pipeline<T: Copy>(
 pub fn transform_map(map: LabelMap, p: &Preprocess, a: &AugParams, fill: u32) -> LabelMap {
     let plane = Plane::new(map.width, map.height, 1, map.data);
     let out = pipeline(plane, p, a, fill, resize_nearest);
-    LabelMap {
-        height: out.height,
-        width: out.width,
-        data: out.data,
-    }
+    LabelMap { height: out.height, width: out.width, data: out.data }
 }
 
 /// Preprocesses an 8-bit RGB image (bicubic resize, black crop padding) without converting it.
 pub fn transform_rgb(img: RgbImage, p: &Preprocess, a: &AugParams) -> RgbImage {
     let plane = Plane::new(img.width, img.height, 3, img.data);
     let out = pipeline(plane, p, a, 0u8, resize_bicubic);
-    RgbImage {
-        width: out.width,
-        height: out.height,
-        data: out.data,
-    }
+    RgbImage { width: out.width, height: out.height, data: out.data }
 }
 
 /// `ToTensor()` + `Normalize((0.5,)*3, (0.5,)*3)`: HWC u8 to CHW f32 in [-1, 1].
@@ -262,9 +230,5 @@ pub fn to_normalized(img: &RgbImage) -> Image {
             data[c * n + i] = (px[c] as f32 / 255.0 - 0.5) / 0.5;
         }
     }
-    Image {
-        height: img.height,
-        width: img.width,
-        data,
-    }
+    Image { height: img.height, width: img.width, data }
 }

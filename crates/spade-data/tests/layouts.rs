@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use spade_data::{
-    check, open, ClassInfo, DataError, DatasetConfig, DatasetMode, FileKind, Palette, Phase,
-    PreprocessMode,
+    check, open, ClassInfo, DataError, DatasetConfig, DatasetMode, FileKind, Palette, Phase, PreprocessMode,
 };
 
 fn cfg(mode: DatasetMode, root: &Path) -> DatasetConfig {
@@ -36,10 +35,7 @@ fn coco_sample_layout_checks_and_loads() {
     let mut val = cfg(DatasetMode::Coco, root);
     val.phase = Phase::Val;
     let r = check(&val).unwrap();
-    assert_eq!(
-        (r.split.as_str(), r.pairs, r.labels_seen.clone()),
-        ("val", 1, vec![0, 182])
-    );
+    assert_eq!((r.split.as_str(), r.pairs, r.labels_seen.clone()), ("val", 1, vec![0, 182]));
 
     let mut c = cfg(DatasetMode::Coco, root);
     c.load_size = Some(12);
@@ -68,17 +64,11 @@ fn coco_official_layout_with_optional_instances() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     for s in ["000000000009", "000000000025"] {
-        gray(
-            &root.join(format!("stuffthingmaps_trainval2017/train2017/{s}.png")),
-            &halves(0, 181),
-        );
+        gray(&root.join(format!("stuffthingmaps_trainval2017/train2017/{s}.png")), &halves(0, 181));
         jpeg(&root.join(format!("train2017/{s}.jpg")), &photo());
     }
     let c = cfg(DatasetMode::Coco, root);
-    assert!(
-        c.resolve().unwrap().no_instance,
-        "no instance maps in the official layout by default"
-    );
+    assert!(c.resolve().unwrap().no_instance, "no instance maps in the official layout by default");
     let r = check(&c).unwrap();
     assert!(r.problems.is_empty(), "{:?}", lines(&r.problems));
     assert_eq!((r.pairs, r.labels_seen.clone()), (2, vec![0, 181]));
@@ -90,10 +80,7 @@ fn coco_official_layout_with_optional_instances() {
         lines(&r.problems),
         vec![format!(
             "{}: missing instance partner: expected {}",
-            p(
-                root,
-                "stuffthingmaps_trainval2017/train2017/000000000025.png"
-            ),
+            p(root, "stuffthingmaps_trainval2017/train2017/000000000025.png"),
             p(root, "train_inst/000000000025.png")
         )]
     );
@@ -104,30 +91,12 @@ fn coco_official_layout_with_optional_instances() {
 fn ade20k_layout_maps_raw_zero_to_dontcare() {
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("ADEChallengeData2016");
-    gray(
-        &base.join("annotations/training/ADE_train_00000001.png"),
-        &halves(0, 1),
-    );
-    gray(
-        &base.join("annotations/training/ADE_train_00000002.png"),
-        &halves(150, 1),
-    );
-    jpeg(
-        &base.join("images/training/ADE_train_00000001.jpg"),
-        &photo(),
-    );
-    jpeg(
-        &base.join("images/training/ADE_train_00000002.jpg"),
-        &photo(),
-    );
-    gray(
-        &base.join("annotations/validation/ADE_val_00000001.png"),
-        &halves(3, 3),
-    );
-    jpeg(
-        &base.join("images/validation/ADE_val_00000001.jpg"),
-        &photo(),
-    );
+    gray(&base.join("annotations/training/ADE_train_00000001.png"), &halves(0, 1));
+    gray(&base.join("annotations/training/ADE_train_00000002.png"), &halves(150, 1));
+    jpeg(&base.join("images/training/ADE_train_00000001.jpg"), &photo());
+    jpeg(&base.join("images/training/ADE_train_00000002.jpg"), &photo());
+    gray(&base.join("annotations/validation/ADE_val_00000001.png"), &halves(3, 3));
+    jpeg(&base.join("images/validation/ADE_val_00000001.jpg"), &photo());
     // The root may be the folder above ADEChallengeData2016 or the folder itself.
     for root in [t.path().to_path_buf(), base.clone()] {
         let r = check(&cfg(DatasetMode::Ade20k, &root)).unwrap();
@@ -153,69 +122,34 @@ fn cityscapes_layout_reads_16_bit_instance_ids() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     let stem = "aachen_000000_000019";
-    gray(
-        &root.join(format!("gtFine/train/aachen/{stem}_gtFine_labelIds.png")),
-        &halves(7, 26),
-    );
-    gray(
-        &root.join(format!("gtFine/train/aachen/{stem}_gtFine_color.png")),
-        &halves(1, 1),
-    );
-    gray(
-        &root.join(format!("gtFine/train/aachen/{stem}_gtFine_instanceIds.png")),
-        &halves(7, 26001),
-    );
-    png_rgb(
-        &root.join(format!("leftImg8bit/train/aachen/{stem}_leftImg8bit.png")),
-        &photo(),
-    );
+    gray(&root.join(format!("gtFine/train/aachen/{stem}_gtFine_labelIds.png")), &halves(7, 26));
+    gray(&root.join(format!("gtFine/train/aachen/{stem}_gtFine_color.png")), &halves(1, 1));
+    gray(&root.join(format!("gtFine/train/aachen/{stem}_gtFine_instanceIds.png")), &halves(7, 26001));
+    png_rgb(&root.join(format!("leftImg8bit/train/aachen/{stem}_leftImg8bit.png")), &photo());
     // A second city with its label only.
-    gray(
-        &root.join("gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds.png"),
-        &halves(7, 7),
-    );
-    gray(
-        &root.join("gtFine/train/bremen/bremen_000000_000019_gtFine_instanceIds.png"),
-        &halves(7, 7),
-    );
+    gray(&root.join("gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds.png"), &halves(7, 7));
+    gray(&root.join("gtFine/train/bremen/bremen_000000_000019_gtFine_instanceIds.png"), &halves(7, 7));
     let r = check(&cfg(DatasetMode::Cityscapes, root)).unwrap();
     assert_eq!(
         lines(&r.problems),
         vec![format!(
             "{}: missing image partner: expected {}",
-            p(
-                root,
-                "gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds.png"
-            ),
-            p(
-                root,
-                "leftImg8bit/train/bremen/bremen_000000_000019_leftImg8bit.png"
-            )
+            p(root, "gtFine/train/bremen/bremen_000000_000019_gtFine_labelIds.png"),
+            p(root, "leftImg8bit/train/bremen/bremen_000000_000019_leftImg8bit.png")
         )]
     );
-    assert_eq!(
-        (r.pairs, r.label_nc, r.labels_seen.clone()),
-        (1, 35, vec![7, 26])
-    );
+    assert_eq!((r.pairs, r.label_nc, r.labels_seen.clone()), (1, 35, vec![7, 26]));
     std::fs::remove_dir_all(root.join("gtFine/train/bremen")).unwrap();
     let mut c = cfg(DatasetMode::Cityscapes, root);
     c.crop_size = Some(16);
     let ds = open(&c).unwrap();
     let rc = ds.config();
     assert_eq!(
-        (
-            rc.preprocess.mode,
-            rc.preprocess.aspect_ratio,
-            rc.contain_dontcare_label
-        ),
+        (rc.preprocess.mode, rc.preprocess.aspect_ratio, rc.contain_dontcare_label),
         (PreprocessMode::Fixed, 2.0, false)
     );
     let s = ds.load(0, 1).unwrap();
-    assert_eq!(
-        (s.label.width, s.label.height),
-        (16, 8),
-        "fixed: crop_size x crop_size / aspect_ratio"
-    );
+    assert_eq!((s.label.width, s.label.height), (16, 8), "fixed: crop_size x crop_size / aspect_ratio");
     let inst = s.instance.unwrap();
     let mut v = inst.data.clone();
     v.sort_unstable();
@@ -226,21 +160,9 @@ fn cityscapes_layout_reads_16_bit_instance_ids() {
 fn two_class_palette() -> Palette {
     Palette {
         classes: vec![
-            ClassInfo {
-                id: 0,
-                name: "sky".into(),
-                color: [0, 0, 255],
-            },
-            ClassInfo {
-                id: 1,
-                name: "grass".into(),
-                color: [0, 255, 0],
-            },
-            ClassInfo {
-                id: 2,
-                name: "road".into(),
-                color: [90, 90, 90],
-            },
+            ClassInfo { id: 0, name: "sky".into(), color: [0, 0, 255] },
+            ClassInfo { id: 1, name: "grass".into(), color: [0, 255, 0] },
+            ClassInfo { id: 2, name: "road".into(), color: [90, 90, 90] },
         ],
     }
 }
@@ -252,10 +174,7 @@ fn folder_layout_reads_gray_palette_indexed_and_colour_coded_labels() {
     let pal = two_class_palette();
     gray(&root.join("labels/a.png"), &halves(0, 1));
     indexed(&root.join("labels/b.png"), &halves(2, 1), &pal);
-    png_rgb(
-        &root.join("labels/c.png"),
-        &rgb(8, 6, |x, _| if x < 4 { [90, 90, 90] } else { [0, 0, 255] }),
-    );
+    png_rgb(&root.join("labels/c.png"), &rgb(8, 6, |x, _| if x < 4 { [90, 90, 90] } else { [0, 0, 255] }));
     for s in ["a", "b", "c"] {
         png_rgb(&root.join(format!("images/{s}.png")), &photo());
     }
@@ -289,23 +208,10 @@ fn folder_layout_reads_gray_palette_indexed_and_colour_coded_labels() {
     assert_eq!((s.label.width, s.label.height), (32, 32));
     assert_eq!((s.label.get(0, 0), s.label.get(31, 31)), (2, 0));
     let s = ds.load(1, 0).unwrap();
-    assert_eq!(
-        (s.label.get(0, 0), s.label.get(31, 0)),
-        (2, 1),
-        "palette indices are the ids"
-    );
+    assert_eq!((s.label.get(0, 0), s.label.get(31, 0)), (2, 1), "palette indices are the ids");
 
     // An unknown colour names the pixel.
-    png_rgb(
-        &root.join("labels/c.png"),
-        &rgb(8, 6, |x, y| {
-            if (x, y) == (5, 2) {
-                [1, 2, 3]
-            } else {
-                [0, 0, 255]
-            }
-        }),
-    );
+    png_rgb(&root.join("labels/c.png"), &rgb(8, 6, |x, y| if (x, y) == (5, 2) { [1, 2, 3] } else { [0, 0, 255] }));
     let r = check(&cfg(DatasetMode::Custom, root)).unwrap();
     assert_eq!(
         lines(&r.problems),
@@ -323,10 +229,7 @@ fn broken_trees_report_every_problem_with_its_file() {
     coco_sample(root, "train", &["a", "b", "c", "d", "e"]);
     // b: label value out of range; c: corrupt PNG; d: image missing; e: instance truncated;
     // f: an image without a label; g: a corrupt JPEG.
-    gray(
-        &root.join("train_label/b.png"),
-        &map(8, 6, |x, _| if x == 0 { 200 } else { 3 }),
-    );
+    gray(&root.join("train_label/b.png"), &map(8, 6, |x, _| if x == 0 { 200 } else { 3 }));
     let bytes = std::fs::read(root.join("train_label/c.png")).unwrap();
     std::fs::write(root.join("train_label/c.png"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::remove_file(root.join("train_img/d.jpg")).unwrap();
@@ -334,11 +237,7 @@ fn broken_trees_report_every_problem_with_its_file() {
     jpeg(&root.join("train_img/f.jpg"), &photo());
     gray(&root.join("train_label/g.png"), &halves(1, 1));
     gray(&root.join("train_inst/g.png"), &halves(1, 1));
-    std::fs::write(
-        root.join("train_img/g.jpg"),
-        [0xff, 0xd8, 0xff, 0xe0, 0, 0x10],
-    )
-    .unwrap();
+    std::fs::write(root.join("train_img/g.jpg"), [0xff, 0xd8, 0xff, 0xe0, 0, 0x10]).unwrap();
     let r = check(&cfg(DatasetMode::Coco, root)).unwrap();
     let got = lines(&r.problems);
     assert_eq!(r.pairs, 5, "a, b, c, e, g are complete pairs");
@@ -353,11 +252,7 @@ fn broken_trees_report_every_problem_with_its_file() {
     );
     assert_eq!(
         got[1],
-        format!(
-            "{}: missing label partner: expected {}",
-            p(root, "train_img/f.jpg"),
-            p(root, "train_label/f.png")
-        )
+        format!("{}: missing label partner: expected {}", p(root, "train_img/f.jpg"), p(root, "train_label/f.png"))
     );
     assert_eq!(
         got[2],
@@ -440,10 +335,7 @@ fn missing_layouts_and_sizes_are_named() {
     let r = check(&cfg(DatasetMode::Custom, &root.join("f"))).unwrap();
     assert_eq!(
         lines(&r.problems),
-        vec![format!(
-            "{}: no label files found: expected folder label/image pairs for the train split",
-            p(root, "f")
-        )]
+        vec![format!("{}: no label files found: expected folder label/image pairs for the train split", p(root, "f"))]
     );
 }
 
@@ -455,14 +347,8 @@ fn same_crop_and_flip_for_label_image_and_instance() {
     let id = |x: usize, y: usize| ((x / 4) + 5 * (y / 4)) as u32;
     let colour = |i: u32| [(i * 10) as u8, 255 - (i * 10) as u8, ((i % 5) * 60) as u8];
     gray(&root.join("labels/s.png"), &map(20, 20, id));
-    gray(
-        &root.join("instances/s.png"),
-        &map(20, 20, |x, y| id(x, y) + 100),
-    );
-    png_rgb(
-        &root.join("images/s.png"),
-        &rgb(20, 20, |x, y| colour(id(x, y))),
-    );
+    gray(&root.join("instances/s.png"), &map(20, 20, |x, y| id(x, y) + 100));
+    png_rgb(&root.join("images/s.png"), &rgb(20, 20, |x, y| colour(id(x, y))));
     let mut c = cfg(DatasetMode::Custom, root);
     c.label_nc = Some(25);
     c.preprocess_mode = Some(PreprocessMode::Crop);
@@ -471,16 +357,8 @@ fn same_crop_and_flip_for_label_image_and_instance() {
     let mut outputs = std::collections::BTreeSet::new();
     for seed in 0..40 {
         let s = ds.load(0, seed).unwrap();
-        let (l, inst, img) = (
-            &s.label,
-            s.instance.as_ref().unwrap(),
-            s.image.as_ref().unwrap(),
-        );
-        assert_eq!(
-            inst.data.iter().map(|v| v - 100).collect::<Vec<_>>(),
-            l.data,
-            "seed {seed}"
-        );
+        let (l, inst, img) = (&s.label, s.instance.as_ref().unwrap(), s.image.as_ref().unwrap());
+        assert_eq!(inst.data.iter().map(|v| v - 100).collect::<Vec<_>>(), l.data, "seed {seed}");
         let n = 144;
         for i in 0..n {
             let want = colour(l.data[i]);
@@ -491,11 +369,7 @@ fn same_crop_and_flip_for_label_image_and_instance() {
         }
         outputs.insert(l.data.clone());
     }
-    assert!(
-        outputs.len() > 10,
-        "crops and flips vary with the seed: {} distinct",
-        outputs.len()
-    );
+    assert!(outputs.len() > 10, "crops and flips vary with the seed: {} distinct", outputs.len());
 }
 
 #[test]
@@ -510,15 +384,9 @@ fn config_deserialises_from_reference_flag_names() {
     assert_eq!(c.dataroot, Some(PathBuf::from("/data/cityscapes")));
     let r = c.resolve().unwrap();
     assert!(!r.preprocess.flip && r.is_train && r.semantic_nc() == 36);
-    let err = serde_json::from_str::<DatasetConfig>(r#"{"dataset_mode": "coco", "lable_nc": 3}"#)
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("unknown field `lable_nc`"),
-        "{err}"
-    );
-    let err = DatasetConfig::new(DatasetMode::Coco, None)
-        .resolve()
-        .unwrap_err();
+    let err = serde_json::from_str::<DatasetConfig>(r#"{"dataset_mode": "coco", "lable_nc": 3}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field `lable_nc`"), "{err}");
+    let err = DatasetConfig::new(DatasetMode::Coco, None).resolve().unwrap_err();
     assert_eq!(
         err.to_string(),
         "invalid dataset option dataroot = (none): expected the coco-stuff dataset root directory"

@@ -2,12 +2,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use spade_data::synthetic::{
-    self, generate, Season, Style, TimeOfDay, FIRST_OBJECT_ID, NUM_CLASSES,
-};
+use spade_data::synthetic::{self, generate, Season, Style, TimeOfDay, FIRST_OBJECT_ID, NUM_CLASSES};
 use spade_data::{
-    check, export_synthetic, open, read_instance_png, read_label_png, BatchLoader, DatasetConfig,
-    DatasetMode, LoaderOptions, Phase,
+    check, export_synthetic, open, read_instance_png, read_label_png, BatchLoader, DatasetConfig, DatasetMode,
+    LoaderOptions, Phase,
 };
 
 #[test]
@@ -16,10 +14,7 @@ fn scenes_are_a_pure_function_of_seed_and_index() {
     assert_eq!(a, generate(3, 17, 64, 48));
     assert_ne!(a.label, generate(3, 18, 64, 48).label);
     assert_ne!(a.label, generate(4, 17, 64, 48).label);
-    assert_eq!(
-        (a.label.width, a.label.height, a.image.data.len()),
-        (64, 48, 64 * 48 * 3)
-    );
+    assert_eq!((a.label.width, a.label.height, a.image.data.len()), (64, 48, 64 * 48 * 3));
 }
 
 #[test]
@@ -39,10 +34,7 @@ fn the_same_scene_at_any_resolution() {
                 same += (small.label.get(x, y) == b1 || small.label.get(x, y) == b2) as usize;
             }
         }
-        assert!(
-            same as f64 / 4096.0 > 0.97,
-            "scene {index}: {same}/4096 pixels agree"
-        );
+        assert!(same as f64 / 4096.0 > 0.97, "scene {index}: {same}/4096 pixels agree");
     }
 }
 
@@ -60,15 +52,9 @@ fn scenes_look_like_landscapes() {
         classes.extend(s.label.data.iter().copied());
         // The top row is sky (or sun/cloud/mountain), the bottom row ground.
         let top: BTreeSet<u32> = (0..64).map(|x| s.label.get(x, 0)).collect();
-        assert!(
-            top.iter().all(|&c| c <= 4 || c == 9 || c == 12 || c == 13),
-            "scene {i}: top row {top:?}"
-        );
+        assert!(top.iter().all(|&c| c <= 4 || c == 9 || c == 12 || c == 13), "scene {i}: top row {top:?}");
         let bottom: BTreeSet<u32> = (0..64).map(|x| s.label.get(x, 63)).collect();
-        assert!(
-            bottom.iter().all(|&c| c >= 5),
-            "scene {i}: bottom row {bottom:?}"
-        );
+        assert!(bottom.iter().all(|&c| c >= 5), "scene {i}: bottom row {bottom:?}");
         for y in 0..64 {
             for x in 0..63 {
                 uniform += (s.label.get(x, y) == s.label.get(x + 1, y)) as usize;
@@ -81,40 +67,19 @@ fn scenes_look_like_landscapes() {
             if id < FIRST_OBJECT_ID {
                 assert_eq!(id, l, "scene {i}: stuff instance id is the class id");
             } else {
-                assert_eq!(
-                    *obj_class.entry(id).or_insert(l),
-                    l,
-                    "scene {i}: object {id} has one class"
-                );
-                assert!(
-                    [1, 2, 5, 9, 10, 12, 13].contains(&l),
-                    "scene {i}: class {l} is not an object class"
-                );
+                assert_eq!(*obj_class.entry(id).or_insert(l), l, "scene {i}: object {id} has one class");
+                assert!([1, 2, 5, 9, 10, 12, 13].contains(&l), "scene {i}: class {l} is not an object class");
             }
         }
         with_objects += (!obj_class.is_empty()) as usize;
     }
-    assert_eq!(
-        classes.len(),
-        NUM_CLASSES,
-        "all classes appear: {classes:?}"
-    );
+    assert_eq!(classes.len(), NUM_CLASSES, "all classes appear: {classes:?}");
     assert_eq!(styles.len(), 9, "all nine styles appear");
-    assert!(
-        uniform as f64 / pairs as f64 > 0.93,
-        "large uniform regions: {uniform}/{pairs}"
-    );
-    assert!(
-        with_objects as f64 > 0.9 * n as f64,
-        "{with_objects}/{n} scenes have objects"
-    );
+    assert!(uniform as f64 / pairs as f64 > 0.93, "large uniform regions: {uniform}/{pairs}");
+    assert!(with_objects as f64 > 0.9 * n as f64, "{with_objects}/{n} scenes have objects");
 }
 
-fn mean_rgb(
-    img: &spade_data::RgbImage,
-    label: &spade_data::LabelMap,
-    class: u32,
-) -> Option<[f64; 3]> {
+fn mean_rgb(img: &spade_data::RgbImage, label: &spade_data::LabelMap, class: u32) -> Option<[f64; 3]> {
     let mut s = [0f64; 3];
     let mut n = 0;
     for (i, &l) in label.data.iter().enumerate() {
@@ -153,29 +118,14 @@ fn the_style_changes_the_look() {
     let sunset = sky_of(TimeOfDay::Sunset, Season::Summer);
     let night = sky_of(TimeOfDay::Night, Season::Summer);
     assert!(day[2] > day[0] + 60.0, "day sky is blue: {day:?}");
-    assert!(
-        sunset[0] > day[0] + 40.0,
-        "sunset sky is redder: {sunset:?} vs {day:?}"
-    );
-    assert!(
-        night.iter().sum::<f64>() < 0.3 * day.iter().sum::<f64>(),
-        "night sky is dark: {night:?}"
-    );
+    assert!(sunset[0] > day[0] + 40.0, "sunset sky is redder: {sunset:?} vs {day:?}");
+    assert!(night.iter().sum::<f64>() < 0.3 * day.iter().sum::<f64>(), "night sky is dark: {night:?}");
     let summer = avg(&grass[&Season::Summer]);
     let winter = avg(&grass[&Season::Winter]);
     let autumn = avg(&grass[&Season::Autumn]);
-    assert!(
-        summer[1] > summer[0] + 40.0,
-        "summer grass is green: {summer:?}"
-    );
-    assert!(
-        winter[2] > summer[2] + 80.0,
-        "winter grass is frosted: {winter:?}"
-    );
-    assert!(
-        autumn[0] > summer[0] + 40.0,
-        "autumn grass is yellower: {autumn:?}"
-    );
+    assert!(summer[1] > summer[0] + 40.0, "summer grass is green: {summer:?}");
+    assert!(winter[2] > summer[2] + 80.0, "winter grass is frosted: {winter:?}");
+    assert!(autumn[0] > summer[0] + 40.0, "autumn grass is yellower: {autumn:?}");
 }
 
 #[test]
@@ -188,26 +138,16 @@ fn export_writes_the_folder_format_that_check_accepts() {
         let s = generate(5, i as u64, 40, 32);
         let label = read_label_png(&dir.join("labels").join(&name), None).unwrap();
         assert_eq!(label, s.label, "labels are palette-indexed PNGs of the ids");
-        assert_eq!(
-            read_instance_png(&dir.join("instances").join(&name)).unwrap(),
-            s.instance
-        );
+        assert_eq!(read_instance_png(&dir.join("instances").join(&name)).unwrap(), s.instance);
         let img = spade_data::read_image(&dir.join("images").join(&name)).unwrap();
         assert_eq!(img, s.image);
     }
     let classes: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("classes.json")).unwrap()).unwrap();
-    assert_eq!(
-        classes["classes"][0],
-        serde_json::json!({"id": 0, "name": "sky", "color": [110, 170, 240]})
-    );
+    assert_eq!(classes["classes"][0], serde_json::json!({"id": 0, "name": "sky", "color": [110, 170, 240]}));
     assert_eq!(classes["classes"].as_array().unwrap().len(), NUM_CLASSES);
     let r = check(&DatasetConfig::new(DatasetMode::Custom, Some(dir.clone()))).unwrap();
-    assert!(
-        r.problems.is_empty(),
-        "{:?}",
-        r.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>()
-    );
+    assert!(r.problems.is_empty(), "{:?}", r.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>());
     assert_eq!((r.pairs, r.label_nc), (4, NUM_CLASSES));
     let ds = open(&DatasetConfig::new(DatasetMode::Custom, Some(dir))).unwrap();
     assert!(!ds.config().no_instance, "instances/ is found");
@@ -224,25 +164,14 @@ fn synthetic_cfg(count: usize, size: usize) -> DatasetConfig {
 fn synthetic_dataset_check_and_splits() {
     let r = check(&synthetic_cfg(30, 32)).unwrap();
     assert!(r.problems.is_empty());
-    assert_eq!(
-        (r.format.as_str(), r.pairs, r.label_nc),
-        ("synthetic", 30, NUM_CLASSES)
-    );
+    assert_eq!((r.format.as_str(), r.pairs, r.label_nc), ("synthetic", 30, NUM_CLASSES));
     assert!(r.labels_seen.len() >= 12 && r.labels_seen.iter().all(|&v| (v as usize) < NUM_CLASSES));
     let train = open(&synthetic_cfg(5, 32)).unwrap();
     let mut v = synthetic_cfg(5, 32);
     v.phase = Phase::Val;
     let val = open(&v).unwrap();
-    assert_ne!(
-        train.load(0, 0).unwrap().label,
-        val.load(0, 0).unwrap().label,
-        "val scenes differ from train"
-    );
-    assert_eq!(
-        val.load(0, 0).unwrap(),
-        val.load(0, 99).unwrap(),
-        "no flip at test time"
-    );
+    assert_ne!(train.load(0, 0).unwrap().label, val.load(0, 0).unwrap().label, "val scenes differ from train");
+    assert_eq!(val.load(0, 0).unwrap(), val.load(0, 99).unwrap(), "no flip at test time");
     let mut bad = synthetic_cfg(5, 32);
     bad.label_nc = Some(20);
     assert_eq!(
@@ -256,29 +185,15 @@ fn the_loader_is_deterministic_and_covers_each_epoch() {
     let ds = open(&synthetic_cfg(10, 24)).unwrap();
     let mut opts = LoaderOptions::train(4, 11);
     opts.epochs = Some(2);
-    let run = |o: LoaderOptions| {
-        BatchLoader::new(Arc::clone(&ds), o)
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect::<Vec<_>>()
-    };
+    let run = |o: LoaderOptions| BatchLoader::new(Arc::clone(&ds), o).unwrap().map(|b| b.unwrap()).collect::<Vec<_>>();
     let a = run(opts.clone());
+    assert_eq!(a.len(), 4, "2 epochs x (10 / 4 = 2 batches, last partial dropped)");
     assert_eq!(
-        a.len(),
-        4,
-        "2 epochs x (10 / 4 = 2 batches, last partial dropped)"
-    );
-    assert_eq!(
-        a.iter()
-            .map(|b| (b.epoch, b.step, b.len()))
-            .collect::<Vec<_>>(),
+        a.iter().map(|b| (b.epoch, b.step, b.len())).collect::<Vec<_>>(),
         vec![(0, 0, 4), (0, 1, 4), (1, 0, 4), (1, 1, 4)]
     );
     // Same seed: the same batches, also on a single thread.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let b = pool.install(|| run(opts.clone()));
     assert_eq!(a, b);
     // Another seed: another order.
@@ -286,10 +201,7 @@ fn the_loader_is_deterministic_and_covers_each_epoch() {
     o2.seed = 12;
     assert_ne!(
         a.iter().map(|b| b.indices.clone()).collect::<Vec<_>>(),
-        run(o2)
-            .iter()
-            .map(|b| b.indices.clone())
-            .collect::<Vec<_>>()
+        run(o2).iter().map(|b| b.indices.clone()).collect::<Vec<_>>()
     );
     // Within an epoch no index repeats; epochs are shuffled differently.
     let e0: Vec<usize> = a[0].indices.iter().chain(&a[1].indices).copied().collect();

@@ -34,11 +34,7 @@ pub enum IoError {
     },
     /// The file content is not what the format requires.
     #[error("{}: expected {expected}, found {found}", .path.display())]
-    Format {
-        path: PathBuf,
-        expected: String,
-        found: String,
-    },
+    Format { path: PathBuf, expected: String, found: String },
     /// The pickle stream of a PyTorch checkpoint is malformed or uses something unsupported.
     #[error("{}: unpickling failed at {location}: expected {expected}, found {found}", .path.display())]
     Pickle {
@@ -80,31 +76,15 @@ pub enum IoError {
 
 impl IoError {
     pub(crate) fn io(path: &Path, action: impl Into<String>, source: std::io::Error) -> Self {
-        IoError::Io {
-            path: path.to_path_buf(),
-            action: action.into(),
-            source,
-        }
+        IoError::Io { path: path.to_path_buf(), action: action.into(), source }
     }
 
-    pub(crate) fn format(
-        path: &Path,
-        expected: impl Into<String>,
-        found: impl Into<String>,
-    ) -> Self {
-        IoError::Format {
-            path: path.to_path_buf(),
-            expected: expected.into(),
-            found: found.into(),
-        }
+    pub(crate) fn format(path: &Path, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        IoError::Format { path: path.to_path_buf(), expected: expected.into(), found: found.into() }
     }
 
     pub(crate) fn tensor(path: &Path, name: &str, source: candle_core::Error) -> Self {
-        IoError::Tensor {
-            path: path.to_path_buf(),
-            name: name.to_string(),
-            source: Box::new(source),
-        }
+        IoError::Tensor { path: path.to_path_buf(), name: name.to_string(), source: Box::new(source) }
     }
 
     /// The file this error is about.
@@ -123,16 +103,9 @@ impl IoError {
 }
 
 /// Little-endian bytes of a tensor (moved to the CPU and made contiguous), in row-major order.
-pub(crate) fn tensor_bytes(
-    path: &Path,
-    name: &str,
-    t: &candle_core::Tensor,
-) -> Result<Vec<u8>, IoError> {
+pub(crate) fn tensor_bytes(path: &Path, name: &str, t: &candle_core::Tensor) -> Result<Vec<u8>, IoError> {
     use candle_core::{CpuStorage, Device, Storage};
-    let t = t
-        .to_device(&Device::Cpu)
-        .and_then(|t| t.contiguous())
-        .map_err(|e| IoError::tensor(path, name, e))?;
+    let t = t.to_device(&Device::Cpu).and_then(|t| t.contiguous()).map_err(|e| IoError::tensor(path, name, e))?;
     let (storage, layout) = t.storage_and_layout();
     let start = layout.start_offset();
     let n = t.elem_count();

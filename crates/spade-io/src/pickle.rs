@@ -258,15 +258,7 @@ pub(crate) struct Unpickler<R: Read, F: FnMut(Value) -> Result<Value, (String, S
 
 impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F> {
     pub(crate) fn new(reader: R, persistent_load: F) -> Self {
-        Self {
-            reader,
-            pos: 0,
-            op_pos: 0,
-            stack: Vec::new(),
-            marks: Vec::new(),
-            memo: HashMap::new(),
-            persistent_load,
-        }
+        Self { reader, pos: 0, op_pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), persistent_load }
     }
 
     /// Bytes consumed so far (the STOP opcode included once `load` returned).
@@ -275,29 +267,19 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
     }
 
     fn err<T>(&self, expected: impl Into<String>, found: impl Into<String>) -> PResult<T> {
-        Err(PickleError {
-            pos: self.op_pos,
-            expected: expected.into(),
-            found: found.into(),
-        })
+        Err(PickleError { pos: self.op_pos, expected: expected.into(), found: found.into() })
     }
 
     fn read_bytes(&mut self, n: usize) -> PResult<Vec<u8>> {
         let mut buf = Vec::new();
-        let got = (&mut self.reader)
-            .take(n as u64)
-            .read_to_end(&mut buf)
-            .map_err(|e| PickleError {
-                pos: self.pos,
-                expected: format!("{n} more bytes"),
-                found: format!("read error: {e}"),
-            })?;
+        let got = (&mut self.reader).take(n as u64).read_to_end(&mut buf).map_err(|e| PickleError {
+            pos: self.pos,
+            expected: format!("{n} more bytes"),
+            found: format!("read error: {e}"),
+        })?;
         self.pos += got as u64;
         if got != n {
-            return self.err(
-                format!("{n} bytes of opcode argument"),
-                format!("end of stream after {got}"),
-            );
+            return self.err(format!("{n} bytes of opcode argument"), format!("end of stream after {got}"));
         }
         Ok(buf)
     }
@@ -309,10 +291,7 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                 self.pos += N as u64;
                 Ok(buf)
             }
-            Err(e) => self.err(
-                format!("{N} bytes of opcode argument"),
-                format!("end of stream or read error ({e})"),
-            ),
+            Err(e) => self.err(format!("{N} bytes of opcode argument"), format!("end of stream or read error ({e})")),
         }
     }
 
@@ -396,10 +375,7 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
 
     fn set_items(&mut self, items: Vec<Value>) -> PResult<()> {
         if items.len() % 2 == 1 {
-            return self.err(
-                "an even number of values for SETITEMS",
-                items.len().to_string(),
-            );
+            return self.err("an even number of values for SETITEMS", items.len().to_string());
         }
         let target = self.top()?.clone();
         match target {
@@ -627,14 +603,10 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (module, name) {
-                        (Value::Str(module), Value::Str(name)) => {
-                            self.stack.push(Value::Global { module, name })
-                        }
+                        (Value::Str(module), Value::Str(name)) => self.stack.push(Value::Global { module, name }),
                         (m, n) => {
-                            return self.err(
-                                "two strings for STACK_GLOBAL",
-                                format!("{} and {}", m.describe(), n.describe()),
-                            )
+                            return self
+                                .err("two strings for STACK_GLOBAL", format!("{} and {}", m.describe(), n.describe()))
                         }
                     }
                 }
@@ -723,10 +695,7 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     }
                 }
                 other => {
-                    return self.err(
-                        "a supported pickle opcode",
-                        format!("opcode 0x{other:02x} ({:?})", other as char),
-                    )
+                    return self.err("a supported pickle opcode", format!("opcode 0x{other:02x} ({:?})", other as char))
                 }
             }
         }
@@ -745,10 +714,7 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
             return self.err("a global as callable", callable.describe());
         };
         let Value::Tuple(args) = args else {
-            return self.err(
-                format!("an argument tuple for {module}.{name}"),
-                args.describe(),
-            );
+            return self.err(format!("an argument tuple for {module}.{name}"), args.describe());
         };
         match (module.as_str(), name.as_str()) {
             ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
@@ -758,8 +724,7 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                         Value::Dict(d) => d.borrow().clone(),
                         other => {
                             let Some(items) = other.items() else {
-                                return self
-                                    .err("OrderedDict initialised from pairs", other.describe());
+                                return self.err("OrderedDict initialised from pairs", other.describe());
                             };
                             let mut pairs = Vec::new();
                             for item in items {
@@ -797,37 +762,25 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                 None => self.err(format!("arguments for {name}"), "none"),
             },
             // Tensor subclasses: `_rebuild_from_type_v2(func, new_type, args, state)`.
-            ("torch._tensor", "_rebuild_from_type_v2")
-            | ("torch._utils", "_rebuild_from_type_v2") => match args.as_slice() {
-                [func, _new_type, inner, ..] => self.call(func.clone(), inner.clone()),
-                _ => self.err(
-                    "4 arguments for _rebuild_from_type_v2",
-                    args.len().to_string(),
-                ),
-            },
-            _ => Ok(Value::Object {
-                class: format!("{module}.{name}"),
-                args,
-                state: Rc::new(RefCell::new(None)),
-            }),
+            ("torch._tensor", "_rebuild_from_type_v2") | ("torch._utils", "_rebuild_from_type_v2") => {
+                match args.as_slice() {
+                    [func, _new_type, inner, ..] => self.call(func.clone(), inner.clone()),
+                    _ => self.err("4 arguments for _rebuild_from_type_v2", args.len().to_string()),
+                }
+            }
+            _ => Ok(Value::Object { class: format!("{module}.{name}"), args, state: Rc::new(RefCell::new(None)) }),
         }
     }
 
     fn usize_list(&self, v: &Value, what: &str) -> PResult<Vec<usize>> {
         let Some(items) = v.items() else {
-            return self.err(
-                format!("a tuple of ints for the tensor {what}"),
-                v.describe(),
-            );
+            return self.err(format!("a tuple of ints for the tensor {what}"), v.describe());
         };
         items
             .iter()
             .map(|x| match x.as_int() {
                 Some(i) if i >= 0 => Ok(i as usize),
-                _ => self.err(
-                    format!("non-negative ints in the tensor {what}"),
-                    x.describe(),
-                ),
+                _ => self.err(format!("non-negative ints in the tensor {what}"), x.describe()),
             })
             .collect()
     }
@@ -835,16 +788,10 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
     fn rebuild_tensor(&mut self, name: &str, args: &[Value]) -> PResult<Value> {
         let min = if name == "_rebuild_tensor_v3" { 7 } else { 4 };
         if args.len() < min {
-            return self.err(
-                format!("at least {min} arguments for {name}"),
-                args.len().to_string(),
-            );
+            return self.err(format!("at least {min} arguments for {name}"), args.len().to_string());
         }
         let Value::Storage(storage) = &args[0] else {
-            return self.err(
-                format!("a storage as first argument of {name}"),
-                args[0].describe(),
-            );
+            return self.err(format!("a storage as first argument of {name}"), args[0].describe());
         };
         let offset = match args[1].as_int() {
             Some(o) if o >= 0 => o as usize,
@@ -853,33 +800,20 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
         let size = self.usize_list(&args[2], "size")?;
         let stride = self.usize_list(&args[3], "stride")?;
         if size.len() != stride.len() {
-            return self.err(
-                format!("a stride of the same rank as the size {size:?}"),
-                format!("{stride:?}"),
-            );
+            return self.err(format!("a stride of the same rank as the size {size:?}"), format!("{stride:?}"));
         }
         let dtype = if name == "_rebuild_tensor_v3" {
             match &args[6] {
-                Value::Global { module, name } => {
-                    match TorchDType::from_torch_dtype(module, name) {
-                        Some(d) => d,
-                        None => {
-                            return self.err("a supported torch dtype", format!("{module}.{name}"))
-                        }
-                    }
-                }
+                Value::Global { module, name } => match TorchDType::from_torch_dtype(module, name) {
+                    Some(d) => d,
+                    None => return self.err("a supported torch dtype", format!("{module}.{name}")),
+                },
                 other => return self.err("a torch dtype", other.describe()),
             }
         } else {
             storage.dtype
         };
-        Ok(Value::Tensor(Rc::new(TensorRef {
-            storage: storage.clone(),
-            dtype,
-            offset,
-            size,
-            stride,
-        })))
+        Ok(Value::Tensor(Rc::new(TensorRef { storage: storage.clone(), dtype, offset, size, stride })))
     }
 }
 

@@ -9,9 +9,7 @@ use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::pickle::{
-    PickleError, PickleWriter, StorageRef, TensorRef, TorchDType, Unpickler, Value,
-};
+use crate::pickle::{PickleError, PickleWriter, StorageRef, TensorRef, TorchDType, Unpickler, Value};
 use crate::IoError;
 
 /// Magic number at the start of legacy checkpoints (a pickled int).
@@ -19,32 +17,17 @@ const LEGACY_MAGIC: u128 = 0x1950a86a20f9469cfc6c;
 const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 
 /// Keys under which checkpoints commonly nest their state_dict, in order of preference.
-const STATE_DICT_KEYS: &[&str] = &[
-    "state_dict",
-    "model_state_dict",
-    "model",
-    "net_G",
-    "netG",
-    "generator",
-    "net",
-    "params_ema",
-    "params",
-    "module",
-];
+const STATE_DICT_KEYS: &[&str] =
+    &["state_dict", "model_state_dict", "model", "net_G", "netG", "generator", "net", "params_ema", "params", "module"];
 
 /// Reads a PyTorch checkpoint (a state_dict, or a dict holding one under an obvious key such
 /// as `"state_dict"` or `"model"`). Returns the tensors in state_dict order, on the CPU, with
 /// their stored dtype (bool becomes u8). Both the zip and the legacy format are read.
 pub fn load(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
-    let mut file =
-        File::open(path).map_err(|e| IoError::io(path, "open the checkpoint for reading", e))?;
+    let mut file = File::open(path).map_err(|e| IoError::io(path, "open the checkpoint for reading", e))?;
     let mut head = Vec::new();
-    (&mut file)
-        .take(512)
-        .read_to_end(&mut head)
-        .map_err(|e| IoError::io(path, "read the checkpoint header", e))?;
-    file.rewind()
-        .map_err(|e| IoError::io(path, "seek in the checkpoint", e))?;
+    (&mut file).take(512).read_to_end(&mut head).map_err(|e| IoError::io(path, "read the checkpoint header", e))?;
+    file.rewind().map_err(|e| IoError::io(path, "seek in the checkpoint", e))?;
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         load_zip(path, file)
     } else if head.first() == Some(&0x80) {
@@ -87,22 +70,13 @@ fn parse_storage_pid(pid: &Value, legacy: bool) -> Result<StorageRef, (String, S
     if items.first().and_then(Value::as_str) != Some("storage") || items.len() < 5 {
         return Err((
             expected_shape.into(),
-            format!(
-                "{} starting with {}",
-                pid.describe(),
-                items.first().map(Value::describe).unwrap_or_default()
-            ),
+            format!("{} starting with {}", pid.describe(), items.first().map(Value::describe).unwrap_or_default()),
         ));
     }
     let dtype = match &items[1] {
-        Value::Global { module, name } => {
-            TorchDType::from_storage_class(module, name).ok_or_else(|| {
-                (
-                    "a storage class (torch.FloatStorage, torch.LongStorage, ...)".to_string(),
-                    format!("{module}.{name}"),
-                )
-            })?
-        }
+        Value::Global { module, name } => TorchDType::from_storage_class(module, name).ok_or_else(|| {
+            ("a storage class (torch.FloatStorage, torch.LongStorage, ...)".to_string(), format!("{module}.{name}"))
+        })?,
         other => return Err(("a storage class".into(), other.describe())),
     };
     let key = match &items[2] {
@@ -135,13 +109,7 @@ fn parse_storage_pid(pid: &Value, legacy: bool) -> Result<StorageRef, (String, S
             },
         }
     }
-    Ok(StorageRef {
-        key,
-        dtype,
-        numel,
-        view_offset,
-        view_numel,
-    })
+    Ok(StorageRef { key, dtype, numel, view_offset, view_numel })
 }
 
 /// Picks the state_dict out of the unpickled object. On failure returns what was found.
@@ -170,10 +138,7 @@ fn select_state_dict(root: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, Strin
             }
         }
     }
-    let candidates: Vec<_> = d
-        .iter()
-        .filter_map(|(_, v)| as_tensor_dict(v).filter(|sd| !sd.is_empty()))
-        .collect();
+    let candidates: Vec<_> = d.iter().filter_map(|(_, v)| as_tensor_dict(v).filter(|sd| !sd.is_empty())).collect();
     if let [only] = candidates.as_slice() {
         return Ok(only.clone());
     }
@@ -192,17 +157,11 @@ fn select_state_dict(root: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, Strin
         listing.push(format!("... ({} more)", d.len() - 40));
     }
     let why = if candidates.len() > 1 {
-        format!(
-            "{} entries are state_dicts, so none is the obvious one",
-            candidates.len()
-        )
+        format!("{} entries are state_dicts, so none is the obvious one", candidates.len())
     } else {
         "no entry is a state_dict".to_string()
     };
-    Err(format!(
-        "a dict whose values are not all tensors ({why}); its keys: {{{}}}",
-        listing.join(", ")
-    ))
+    Err(format!("a dict whose values are not all tensors ({why}); its keys: {{{}}}", listing.join(", ")))
 }
 
 fn candle_dtype(path: &Path, name: &str, d: TorchDType) -> Result<DType, IoError> {
@@ -226,13 +185,7 @@ fn candle_dtype(path: &Path, name: &str, d: TorchDType) -> Result<DType, IoError
 }
 
 /// Builds a contiguous CPU tensor from its (possibly strided/offset) view of a storage.
-fn materialize(
-    path: &Path,
-    name: &str,
-    t: &TensorRef,
-    data: &[u8],
-    big_endian: bool,
-) -> Result<Tensor, IoError> {
+fn materialize(path: &Path, name: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Result<Tensor, IoError> {
     let dtype = candle_dtype(path, name, t.dtype)?;
     let st = &t.storage;
     let es = t.dtype.size();
@@ -240,10 +193,7 @@ fn materialize(
     if data.len() < storage_bytes {
         return Err(IoError::format(
             path,
-            format!(
-                "{storage_bytes} bytes for storage {:?} ({} x {:?})",
-                st.key, st.numel, st.dtype
-            ),
+            format!("{storage_bytes} bytes for storage {:?} ({} x {:?})", st.key, st.numel, st.dtype),
             format!("{} bytes", data.len()),
         ));
     }
@@ -256,12 +206,7 @@ fn materialize(
     let mut buf = Vec::with_capacity(numel * es);
     if numel > 0 {
         let base = view_start + t.offset * es;
-        let last: usize = t
-            .size
-            .iter()
-            .zip(&t.stride)
-            .map(|(&n, &s)| (n - 1) * s)
-            .sum();
+        let last: usize = t.size.iter().zip(&t.stride).map(|(&n, &s)| (n - 1) * s).sum();
         let end = base + (last + 1) * es;
         if end > view_end.min(data.len()) {
             return Err(IoError::format(
@@ -279,11 +224,7 @@ fn materialize(
         }
         let rank = t.size.len();
         // Copy the innermost dimension as one run when it is dense.
-        let (run, outer) = if rank > 0 && t.stride[rank - 1] == 1 {
-            (t.size[rank - 1], rank - 1)
-        } else {
-            (1, rank)
-        };
+        let (run, outer) = if rank > 0 && t.stride[rank - 1] == 1 { (t.size[rank - 1], rank - 1) } else { (1, rank) };
         let contiguous = {
             let mut expect = 1;
             let mut ok = true;
@@ -323,26 +264,17 @@ fn materialize(
             }
         }
     }
-    Tensor::from_raw_buffer(&buf, dtype, &t.size, &Device::Cpu)
-        .map_err(|e| IoError::tensor(path, name, e))
+    Tensor::from_raw_buffer(&buf, dtype, &t.size, &Device::Cpu).map_err(|e| IoError::tensor(path, name, e))
 }
 
-fn zip_err(
-    path: &Path,
-    action: impl Into<String>,
-) -> impl FnOnce(zip::result::ZipError) -> IoError {
+fn zip_err(path: &Path, action: impl Into<String>) -> impl FnOnce(zip::result::ZipError) -> IoError {
     let path = path.to_path_buf();
     let action = action.into();
-    move |source| IoError::Zip {
-        path,
-        action,
-        source: Box::new(source),
-    }
+    move |source| IoError::Zip { path, action, source: Box::new(source) }
 }
 
 fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(zip_err(path, "open the zip checkpoint"))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_err(path, "open the zip checkpoint"))?;
     let pkl_name = zip
         .file_names()
         .filter(|n| {
@@ -363,13 +295,9 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
     let prefix = pkl_name.strip_suffix("data.pkl").unwrap().to_string();
 
     let read_entry = |zip: &mut zip::ZipArchive<BufReader<File>>, name: &str| {
-        let mut entry = zip
-            .by_name(name)
-            .map_err(zip_err(path, format!("find entry {name}")))?;
+        let mut entry = zip.by_name(name).map_err(zip_err(path, format!("find entry {name}")))?;
         let mut buf = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut buf)
-            .map_err(|e| IoError::io(path, format!("read zip entry {name}"), e))?;
+        entry.read_to_end(&mut buf).map_err(|e| IoError::io(path, format!("read zip entry {name}"), e))?;
         Ok::<_, IoError>(buf)
     };
 
@@ -392,15 +320,11 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
 
     let pkl = read_entry(&mut zip, &pkl_name)?;
     let root = {
-        let mut up = Unpickler::new(&pkl[..], |pid: Value| {
-            parse_storage_pid(&pid, false).map(|s| Value::Storage(Rc::new(s)))
-        });
+        let mut up =
+            Unpickler::new(&pkl[..], |pid: Value| parse_storage_pid(&pid, false).map(|s| Value::Storage(Rc::new(s))));
         up.load().map_err(|e| pickle_err(path, &pkl_name, 0, e))?
     };
-    let sd = select_state_dict(&root).map_err(|found| IoError::NotAStateDict {
-        path: path.to_path_buf(),
-        found,
-    })?;
+    let sd = select_state_dict(&root).map_err(|found| IoError::NotAStateDict { path: path.to_path_buf(), found })?;
 
     // Read each storage once; keep it only while tensors still need it.
     let mut remaining: HashMap<String, usize> = HashMap::new();
@@ -432,16 +356,13 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
 fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
     let mut reader = BufReader::new(file);
     let mut pos = 0u64;
-    let mut no_pid = |pid: Value| -> Result<Value, (String, String)> {
-        Err(("no persistent id here".into(), pid.describe()))
-    };
+    let mut no_pid =
+        |pid: Value| -> Result<Value, (String, String)> { Err(("no persistent id here".into(), pid.describe())) };
 
     // 1. Magic number.
     let magic = {
         let mut up = Unpickler::new(&mut reader, &mut no_pid);
-        let v = up
-            .load()
-            .map_err(|e| pickle_err(path, "the legacy magic-number pickle", pos, e))?;
+        let v = up.load().map_err(|e| pickle_err(path, "the legacy magic-number pickle", pos, e))?;
         pos += up.position();
         v
     };
@@ -463,9 +384,7 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
     // 2. Protocol version.
     let version = {
         let mut up = Unpickler::new(&mut reader, &mut no_pid);
-        let v = up
-            .load()
-            .map_err(|e| pickle_err(path, "the legacy protocol-version pickle", pos, e))?;
+        let v = up.load().map_err(|e| pickle_err(path, "the legacy protocol-version pickle", pos, e))?;
         pos += up.position();
         v
     };
@@ -479,9 +398,7 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
     // 3. sys_info: only endianness matters.
     let sys_info = {
         let mut up = Unpickler::new(&mut reader, &mut no_pid);
-        let v = up
-            .load()
-            .map_err(|e| pickle_err(path, "the legacy sys_info pickle", pos, e))?;
+        let v = up.load().map_err(|e| pickle_err(path, "the legacy sys_info pickle", pos, e))?;
         pos += up.position();
         v
     };
@@ -501,25 +418,17 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
             let s = parse_storage_pid(&pid, true)?;
             let root = roots.entry(s.key.clone()).or_insert((s.dtype, s.numel));
             // All references to a root storage use its first-seen type (as torch.load does).
-            let s = StorageRef {
-                dtype: root.0,
-                numel: root.1,
-                ..s
-            };
+            let s = StorageRef { dtype: root.0, numel: root.1, ..s };
             Ok(Value::Storage(Rc::new(s)))
         });
-        let v = up
-            .load()
-            .map_err(|e| pickle_err(path, "the legacy object pickle", pos, e))?;
+        let v = up.load().map_err(|e| pickle_err(path, "the legacy object pickle", pos, e))?;
         pos += up.position();
         v
     };
     // 5. The list of storage keys, in the order of the raw data that follows.
     let keys = {
         let mut up = Unpickler::new(&mut reader, &mut no_pid);
-        let v = up
-            .load()
-            .map_err(|e| pickle_err(path, "the legacy storage-key list", pos, e))?;
+        let v = up.load().map_err(|e| pickle_err(path, "the legacy storage-key list", pos, e))?;
         pos += up.position();
         v
     };
@@ -536,19 +445,10 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
                 )),
             })
             .collect::<Result<_, _>>()?,
-        None => {
-            return Err(IoError::format(
-                path,
-                "a list of storage keys after the object pickle",
-                keys.describe(),
-            ))
-        }
+        None => return Err(IoError::format(path, "a list of storage keys after the object pickle", keys.describe())),
     };
 
-    let sd = select_state_dict(&root).map_err(|found| IoError::NotAStateDict {
-        path: path.to_path_buf(),
-        found,
-    })?;
+    let sd = select_state_dict(&root).map_err(|found| IoError::NotAStateDict { path: path.to_path_buf(), found })?;
     let needed: HashSet<&str> = sd.iter().map(|(_, t)| t.storage.key.as_str()).collect();
 
     // 6. Raw storages: u64 element count, then the elements.
@@ -563,18 +463,10 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
         };
         let mut count = [0u8; 8];
         reader.read_exact(&mut count).map_err(|e| {
-            IoError::io(
-                path,
-                format!("read the size of storage {key:?} at byte {pos} (file truncated?)"),
-                e,
-            )
+            IoError::io(path, format!("read the size of storage {key:?} at byte {pos} (file truncated?)"), e)
         })?;
         pos += 8;
-        let count = if big_endian {
-            u64::from_be_bytes(count)
-        } else {
-            u64::from_le_bytes(count)
-        };
+        let count = if big_endian { u64::from_be_bytes(count) } else { u64::from_le_bytes(count) };
         if count != numel as u64 {
             return Err(IoError::format(
                 path,
@@ -586,19 +478,11 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
         if needed.contains(key.as_str()) {
             let mut buf = vec![0u8; nbytes];
             reader.read_exact(&mut buf).map_err(|e| {
-                IoError::io(
-                    path,
-                    format!(
-                        "read {nbytes} bytes of storage {key:?} at byte {pos} (file truncated?)"
-                    ),
-                    e,
-                )
+                IoError::io(path, format!("read {nbytes} bytes of storage {key:?} at byte {pos} (file truncated?)"), e)
             })?;
             data.insert(key.clone(), buf);
         } else {
-            reader
-                .seek_relative(nbytes as i64)
-                .map_err(|e| IoError::io(path, format!("skip storage {key:?}"), e))?;
+            reader.seek_relative(nbytes as i64).map_err(|e| IoError::io(path, format!("skip storage {key:?}"), e))?;
         }
         pos += nbytes as u64;
     }
@@ -608,10 +492,7 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
             let d = data.get(&t.storage.key).ok_or_else(|| {
                 IoError::format(
                     path,
-                    format!(
-                        "the data of storage {:?} (used by tensor {name:?}) after the key list",
-                        t.storage.key
-                    ),
+                    format!("the data of storage {:?} (used by tensor {name:?}) after the key list", t.storage.key),
                     "the key missing from the storage key list",
                 )
             })?;
@@ -679,11 +560,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), IoError> {
     let mut blobs = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         if !seen.insert(name.as_str()) {
-            return Err(IoError::format(
-                path,
-                "unique tensor names",
-                format!("{name:?} twice"),
-            ));
+            return Err(IoError::format(path, "unique tensor names", format!("{name:?} twice")));
         }
         let dtype = torch_dtype(path, name, t.dtype())?;
         blobs.push(crate::tensor_bytes(path, name, t)?);
@@ -695,11 +572,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), IoError> {
     let archive = path
         .file_stem()
         .and_then(|s| s.to_str())
-        .filter(|s| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        })
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
         .unwrap_or("archive")
         .to_string();
 
@@ -707,9 +580,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), IoError> {
     let result = crate::atomic::write_atomic(path, |file| {
         use zip::write::SimpleFileOptions;
         let mut zw = zip::ZipWriter::new(std::io::BufWriter::new(file));
-        let opts = SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .with_alignment(64);
+        let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored).with_alignment(64);
         let put = |zw: &mut zip::ZipWriter<_>, name: String, data: &[u8]| {
             let large = data.len() as u64 >= u32::MAX as u64 - 1024;
             zw.start_file(name, opts.large_file(large))?;
@@ -766,11 +637,7 @@ pub(crate) mod tests_support {
 
     /// Writes a legacy-format checkpoint: `storages` are (key, dtype, raw little-endian bytes).
     /// When `ordered` the state dict is an OrderedDict (with `_metadata`), else a plain dict.
-    pub(crate) fn legacy_bytes(
-        storages: &[(&str, TorchDType, Vec<u8>)],
-        views: &[View],
-        ordered: bool,
-    ) -> Vec<u8> {
+    pub(crate) fn legacy_bytes(storages: &[(&str, TorchDType, Vec<u8>)], views: &[View], ordered: bool) -> Vec<u8> {
         let mut out = Vec::new();
         let mut w = PickleWriter::new();
         w.op(0x8a).op(10);
@@ -809,18 +676,10 @@ pub(crate) mod tests_support {
                 .int((bytes.len() / dtype.size()) as i64);
             match v.storage_view {
                 None => w.op(b'N'),
-                Some((off, n)) => w
-                    .mark()
-                    .str(&format!("{}_view", v.name))
-                    .int(off as i64)
-                    .int(n as i64)
-                    .op(b't'),
+                Some((off, n)) => w.mark().str(&format!("{}_view", v.name)).int(off as i64).int(n as i64).op(b't'),
             };
             w.op(b't').op(b'Q');
-            w.int(v.offset as i64)
-                .int_tuple(v.size)
-                .int_tuple(v.stride)
-                .bool(false);
+            w.int(v.offset as i64).int_tuple(v.size).int_tuple(v.stride).bool(false);
             w.global("collections", "OrderedDict").op(b')').op(b'R');
             w.op(b't').op(b'R');
         }

@@ -28,22 +28,14 @@ fn get<'a>(sd: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
 }
 
 fn flat_f32(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 /// Storage "a": 0..24 as f32; "b": one i64; "c": four f16; "d": 10 f32 (for a storage view).
 fn legacy_fixture(ordered: bool) -> Vec<u8> {
     let a: Vec<f32> = (0..24).map(|i| i as f32).collect();
     let d: Vec<f32> = (0..10).map(|i| 100.0 + i as f32).collect();
-    let f16: Vec<u8> = [0x3C00u16, 0xC100, 0x3800, 0x7BFF]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
+    let f16: Vec<u8> = [0x3C00u16, 0xC100, 0x3800, 0x7BFF].iter().flat_map(|x| x.to_le_bytes()).collect();
     let storages = vec![
         ("140001", TorchDType::F32, f32_bytes(&a)),
         ("140002", TorchDType::I64, 7i64.to_le_bytes().to_vec()),
@@ -75,14 +67,7 @@ fn legacy_fixture(ordered: bool) -> Vec<u8> {
             stride: &[],
             storage_view: None,
         },
-        View {
-            name: "beta.half",
-            storage_key: "140003",
-            offset: 0,
-            size: &[4],
-            stride: &[1],
-            storage_view: None,
-        },
+        View { name: "beta.half", storage_key: "140003", offset: 0, size: &[4], stride: &[1], storage_view: None },
         View {
             name: "alpha.sliced",
             storage_key: "140001",
@@ -106,14 +91,7 @@ fn legacy_fixture(ordered: bool) -> Vec<u8> {
 fn check_legacy_fixture(sd: &[(String, Tensor)]) {
     assert_eq!(
         names(sd),
-        [
-            "zeta.weight",
-            "alpha.transposed",
-            "mid.bn.num_batches_tracked",
-            "beta.half",
-            "alpha.sliced",
-            "gamma.view"
-        ]
+        ["zeta.weight", "alpha.transposed", "mid.bn.num_batches_tracked", "beta.half", "alpha.sliced", "gamma.view"]
     );
     let w = get(sd, "zeta.weight");
     assert_eq!(w.dims(), [2, 3, 4]);
@@ -185,71 +163,27 @@ fn legacy_truncated_and_bad_magic() {
 #[test]
 fn legacy_view_out_of_bounds_is_an_error() {
     let storages = vec![("1", TorchDType::F32, f32_bytes(&[1.0, 2.0, 3.0]))];
-    let views = [View {
-        name: "w",
-        storage_key: "1",
-        offset: 1,
-        size: &[3],
-        stride: &[1],
-        storage_view: None,
-    }];
+    let views = [View { name: "w", storage_key: "1", offset: 1, size: &[3], stride: &[1], storage_view: None }];
     let dir = tempfile::tempdir().unwrap();
-    let p = write_file(
-        dir.path(),
-        "oob.pth",
-        &legacy_bytes(&storages, &views, true),
-    );
+    let p = write_file(dir.path(), "oob.pth", &legacy_bytes(&storages, &views, true));
     let e = pth::load(&p).unwrap_err().to_string();
-    assert!(
-        e.contains("oob.pth") && e.contains("within its storage"),
-        "{e}"
-    );
+    assert!(e.contains("oob.pth") && e.contains("within its storage"), "{e}");
 }
 
 fn sample_tensors() -> Vec<(String, Tensor)> {
     let dev = Device::Cpu;
-    let w = Tensor::arange(0f32, 24., &dev)
-        .unwrap()
-        .reshape((2, 3, 4))
-        .unwrap();
+    let w = Tensor::arange(0f32, 24., &dev).unwrap().reshape((2, 3, 4)).unwrap();
     vec![
         ("z.weight".to_string(), w.clone()),
         // Non-contiguous input: saved contiguous.
         ("a.weight_t".to_string(), w.transpose(1, 2).unwrap()),
-        (
-            "m.f64".to_string(),
-            Tensor::new(&[1.5f64, -2.25, 1e300], &dev).unwrap(),
-        ),
-        (
-            "m.num_batches_tracked".to_string(),
-            Tensor::new(123_456_789_012i64, &dev).unwrap(),
-        ),
-        (
-            "m.f16".to_string(),
-            Tensor::new(&[1.0f32, -2.5, 0.5], &dev)
-                .unwrap()
-                .to_dtype(DType::F16)
-                .unwrap(),
-        ),
-        (
-            "m.bf16".to_string(),
-            Tensor::new(&[1.0f32, -2.0], &dev)
-                .unwrap()
-                .to_dtype(DType::BF16)
-                .unwrap(),
-        ),
-        (
-            "m.u8".to_string(),
-            Tensor::new(&[0u8, 1, 255], &dev).unwrap(),
-        ),
-        (
-            "m.i32".to_string(),
-            Tensor::new(&[[-1i32, 2], [3, -4]], &dev).unwrap(),
-        ),
-        (
-            "m.empty".to_string(),
-            Tensor::zeros((0, 3), DType::F32, &dev).unwrap(),
-        ),
+        ("m.f64".to_string(), Tensor::new(&[1.5f64, -2.25, 1e300], &dev).unwrap()),
+        ("m.num_batches_tracked".to_string(), Tensor::new(123_456_789_012i64, &dev).unwrap()),
+        ("m.f16".to_string(), Tensor::new(&[1.0f32, -2.5, 0.5], &dev).unwrap().to_dtype(DType::F16).unwrap()),
+        ("m.bf16".to_string(), Tensor::new(&[1.0f32, -2.0], &dev).unwrap().to_dtype(DType::BF16).unwrap()),
+        ("m.u8".to_string(), Tensor::new(&[0u8, 1, 255], &dev).unwrap()),
+        ("m.i32".to_string(), Tensor::new(&[[-1i32, 2], [3, -4]], &dev).unwrap()),
+        ("m.empty".to_string(), Tensor::zeros((0, 3), DType::F32, &dev).unwrap()),
     ]
 }
 
@@ -258,10 +192,7 @@ fn assert_same(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
     for ((name, x), (_, y)) in a.iter().zip(b) {
         assert_eq!(x.dtype(), y.dtype(), "{name}");
         assert_eq!(x.dims(), y.dims(), "{name}");
-        let (xs, ys) = (
-            x.to_dtype(DType::F64).unwrap(),
-            y.to_dtype(DType::F64).unwrap(),
-        );
+        let (xs, ys) = (x.to_dtype(DType::F64).unwrap(), y.to_dtype(DType::F64).unwrap());
         let xs: Vec<f64> = xs.flatten_all().unwrap().to_vec1().unwrap();
         let ys: Vec<f64> = ys.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(xs, ys, "{name}");
@@ -276,12 +207,7 @@ fn zip_round_trip() {
     pth::save(&p, &tensors).unwrap();
     let back = pth::load(&p).unwrap();
     assert_same(&tensors, &back);
-    assert_eq!(
-        get(&back, "m.num_batches_tracked")
-            .to_scalar::<i64>()
-            .unwrap(),
-        123_456_789_012
-    );
+    assert_eq!(get(&back, "m.num_batches_tracked").to_scalar::<i64>().unwrap(), 123_456_789_012);
     // The archive folder is named after the file, as torch does.
     let zip = zip::ZipArchive::new(std::fs::File::open(&p).unwrap()).unwrap();
     let entries: Vec<_> = zip.file_names().collect();
@@ -298,14 +224,10 @@ fn save_rejects_duplicates_and_unsupported_dtypes() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("dup.pth");
     let t = Tensor::new(&[1u32], &Device::Cpu).unwrap();
-    let e = pth::save(&p, &[("x".into(), t.clone())])
-        .unwrap_err()
-        .to_string();
+    let e = pth::save(&p, &[("x".into(), t.clone())]).unwrap_err().to_string();
     assert!(e.contains("dup.pth") && e.contains("U32"), "{e}");
     let f = Tensor::new(&[1f32], &Device::Cpu).unwrap();
-    let e = pth::save(&p, &[("x".into(), f.clone()), ("x".into(), f)])
-        .unwrap_err()
-        .to_string();
+    let e = pth::save(&p, &[("x".into(), f.clone()), ("x".into(), f)]).unwrap_err().to_string();
     assert!(e.contains("unique"), "{e}");
     assert!(!p.exists());
 }
@@ -314,8 +236,7 @@ fn save_rejects_duplicates_and_unsupported_dtypes() {
 fn write_zip(path: &Path, prefix: &str, pkl: &[u8], storages: &[(&str, Vec<u8>)]) {
     let f = std::fs::File::create(path).unwrap();
     let mut zw = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     zw.start_file(format!("{prefix}/data.pkl"), opts).unwrap();
     zw.write_all(pkl).unwrap();
     zw.start_file(format!("{prefix}/byteorder"), opts).unwrap();
@@ -340,18 +261,8 @@ fn tensor_pickle(
     stride: &[usize],
 ) {
     w.global("torch._utils", "_rebuild_tensor_v2").mark();
-    w.mark()
-        .str("storage")
-        .global("torch", class)
-        .str(key)
-        .str("cuda:0")
-        .int(numel as i64)
-        .op(b't')
-        .op(b'Q');
-    w.int(offset as i64)
-        .int_tuple(size)
-        .int_tuple(stride)
-        .bool(false);
+    w.mark().str("storage").global("torch", class).str(key).str("cuda:0").int(numel as i64).op(b't').op(b'Q');
+    w.int(offset as i64).int_tuple(size).int_tuple(stride).bool(false);
     w.global("collections", "OrderedDict").op(b')').op(b'R');
     w.op(b't').op(b'R');
 }
@@ -375,26 +286,12 @@ fn zip_nested_state_dict_shared_strided_storage() {
     let pkl = w.finish();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("ckpt.pt");
-    write_zip(
-        &p,
-        "my_model_v2",
-        &pkl,
-        &[
-            ("0", f32_bytes(&[0., 1., 2., 3., 4., 5.])),
-            ("1", vec![1, 0]),
-        ],
-    );
+    write_zip(&p, "my_model_v2", &pkl, &[("0", f32_bytes(&[0., 1., 2., 3., 4., 5.])), ("1", vec![1, 0])]);
     let sd = pth::load(&p).unwrap();
     assert_eq!(names(&sd), ["b", "a", "flag"]);
     // b[i][j] = s[1 + i + 3j]
-    assert_eq!(
-        get(&sd, "b").to_vec2::<f32>().unwrap(),
-        [[1., 4.], [2., 5.]]
-    );
-    assert_eq!(
-        get(&sd, "a").to_vec2::<f32>().unwrap(),
-        [[0., 1., 2.], [3., 4., 5.]]
-    );
+    assert_eq!(get(&sd, "b").to_vec2::<f32>().unwrap(), [[1., 4.], [2., 5.]]);
+    assert_eq!(get(&sd, "a").to_vec2::<f32>().unwrap(), [[0., 1., 2.], [3., 4., 5.]]);
     let flag = get(&sd, "flag");
     assert_eq!(flag.dtype(), DType::U8);
     assert_eq!(flag.to_vec1::<u8>().unwrap(), [1, 0]);
@@ -414,19 +311,11 @@ fn zip_dict_of_state_dicts_is_an_error_listing_keys() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("both.pth");
     let one = f32_bytes(&[1.0]);
-    write_zip(
-        &p,
-        "archive",
-        &pkl,
-        &[("net_D", one.clone()), ("net_E", one)],
-    );
+    write_zip(&p, "archive", &pkl, &[("net_D", one.clone()), ("net_E", one)]);
     let e = pth::load(&p).unwrap_err();
     assert!(matches!(e, IoError::NotAStateDict { .. }), "{e:?}");
     let e = e.to_string();
-    assert!(
-        e.contains("both.pth") && e.contains("\"net_D\"") && e.contains("\"net_E\""),
-        "{e}"
-    );
+    assert!(e.contains("both.pth") && e.contains("\"net_D\"") && e.contains("\"net_E\""), "{e}");
 }
 
 #[test]
@@ -471,15 +360,13 @@ fn zip_protocol4_opcodes_and_memo_sharing() {
 
     // The VM by itself.
     let mut up = Unpickler::new(&b[..], |_pid: Value| {
-        Ok(Value::Storage(std::rc::Rc::new(
-            crate::pickle::StorageRef {
-                key: "0".into(),
-                dtype: TorchDType::F64,
-                numel: 2,
-                view_offset: 0,
-                view_numel: None,
-            },
-        )))
+        Ok(Value::Storage(std::rc::Rc::new(crate::pickle::StorageRef {
+            key: "0".into(),
+            dtype: TorchDType::F64,
+            numel: 2,
+            view_offset: 0,
+            view_numel: None,
+        })))
     });
     let v = up.load().unwrap();
     let Value::Dict(d) = v else { panic!() };
@@ -491,10 +378,7 @@ fn zip_protocol4_opcodes_and_memo_sharing() {
     // Through load: the nested dict is picked (only state_dict candidate).
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p4.pth");
-    let data: Vec<u8> = [0.25f64, -8.0]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
+    let data: Vec<u8> = [0.25f64, -8.0].iter().flat_map(|x| x.to_le_bytes()).collect();
     write_zip(&p, "p4", &b, &[("0", data)]);
     let sd = pth::load(&p).unwrap();
     assert_eq!(names(&sd), ["w"]);
@@ -508,10 +392,7 @@ fn zip_unknown_opcode_error_names_file_and_position() {
     let p = dir.path().join("ext.pth");
     write_zip(&p, "archive", &[0x80, 2, 0x82, 1, b'.'], &[]);
     let e = pth::load(&p).unwrap_err().to_string();
-    assert!(
-        e.contains("ext.pth") && e.contains("byte 2 of archive/data.pkl") && e.contains("0x82"),
-        "{e}"
-    );
+    assert!(e.contains("ext.pth") && e.contains("byte 2 of archive/data.pkl") && e.contains("0x82"), "{e}");
 }
 
 #[test]

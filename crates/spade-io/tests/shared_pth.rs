@@ -28,22 +28,12 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn sum(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-        .iter()
-        .sum()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().sum()
 }
 
 fn assert_close(name: &str, got: f64, want: f64) {
     let tol = 1e-7 * want.abs().max(1e-25);
-    assert!(
-        (got - want).abs() <= tol,
-        "{name}: sum {got:e}, expected {want:e}"
-    );
+    assert!((got - want).abs() <= tol, "{name}: sum {got:e}, expected {want:e}");
 }
 
 struct Expect {
@@ -73,10 +63,7 @@ const EXPECT: &[Expect] = &[
             ("layer1.0.weight_u", &[8], 1.8294662251137197),
             ("layer1.0.weight_v", &[27], 1.1057296842336655),
         ],
-        tail: [
-            ("fc_var.weight", &[256, 1024], -15.207080538049425),
-            ("fc_var.bias", &[256], -2.792761879740283),
-        ],
+        tail: [("fc_var.weight", &[256, 1024], -15.207080538049425), ("fc_var.bias", &[256], -2.792761879740283)],
         total: -20.432907004947957,
     },
     Expect {
@@ -86,24 +73,12 @@ const EXPECT: &[Expect] = &[
         i64s: (0, 0),
         first_i64: None,
         head: [
-            (
-                "discriminator_0.model0.0.weight",
-                &[8, 10, 4, 4],
-                2.4456733818187786,
-            ),
+            ("discriminator_0.model0.0.weight", &[8, 10, 4, 4], 2.4456733818187786),
             ("discriminator_0.model0.0.bias", &[8], -0.17665675142779946),
-            (
-                "discriminator_0.model1.0.0.weight_orig",
-                &[16, 8, 4, 4],
-                -0.4845893340998373,
-            ),
+            ("discriminator_0.model1.0.0.weight_orig", &[16, 8, 4, 4], -0.4845893340998373),
         ],
         tail: [
-            (
-                "discriminator_1.model4.0.weight",
-                &[1, 64, 4, 4],
-                -0.3247365138859095,
-            ),
+            ("discriminator_1.model4.0.weight", &[1, 64, 4, 4], -0.3247365138859095),
             ("discriminator_1.model4.0.bias", &[1], 0.23237097263336182),
         ],
         total: -18.37534155253472,
@@ -119,10 +94,7 @@ const EXPECT: &[Expect] = &[
             ("model.1.0.weight_u", &[8], 0.7287507951259613),
             ("model.1.0.weight_v", &[343], -0.32294610947428737),
         ],
-        tail: [
-            ("model.18.weight", &[3, 8, 7, 7], 1.133845188533087),
-            ("model.18.bias", &[3], -0.4113089367747307),
-        ],
+        tail: [("model.18.weight", &[3, 8, 7, 7], 1.133845188533087), ("model.18.bias", &[3], -0.4113089367747307)],
         total: 13.956891466588118,
     },
     Expect {
@@ -136,10 +108,7 @@ const EXPECT: &[Expect] = &[
             ("fc.bias", &[128], 0.9545904350816272),
             ("head_0.conv_0.bias", &[128], 0.7406869787591859),
         ],
-        tail: [
-            ("conv_img.weight", &[3, 8, 3, 3], -1.299049460208924e-19),
-            ("conv_img.bias", &[3], 1.143473893404007),
-        ],
+        tail: [("conv_img.weight", &[3, 8, 3, 3], -1.299049460208924e-19), ("conv_img.bias", &[3], 1.143473893404007)],
         total: 1297.0234220990544,
     },
     Expect {
@@ -166,24 +135,12 @@ const EXPECT: &[Expect] = &[
         i64s: (0, 0),
         first_i64: None,
         head: [
-            (
-                "discriminator_0.model0.0.weight",
-                &[8, 11, 4, 4],
-                1.202949336671736,
-            ),
+            ("discriminator_0.model0.0.weight", &[8, 11, 4, 4], 1.202949336671736),
             ("discriminator_0.model0.0.bias", &[8], -0.135234730434604),
-            (
-                "discriminator_0.model1.0.0.weight_orig",
-                &[16, 8, 4, 4],
-                2.3052442776988755,
-            ),
+            ("discriminator_0.model1.0.0.weight_orig", &[16, 8, 4, 4], 2.3052442776988755),
         ],
         tail: [
-            (
-                "discriminator_1.model4.0.weight",
-                &[1, 64, 4, 4],
-                -0.08961226292740321,
-            ),
+            ("discriminator_1.model4.0.weight", &[1, 64, 4, 4], -0.08961226292740321),
             ("discriminator_1.model4.0.bias", &[1], -0.0698053315281868),
         ],
         total: -23.0406887735827,
@@ -195,24 +152,12 @@ const EXPECT: &[Expect] = &[
         i64s: (0, 0),
         first_i64: None,
         head: [
-            (
-                "discriminator_0.model0.0.weight",
-                &[8, 11, 4, 4],
-                1.2048023531679064,
-            ),
+            ("discriminator_0.model0.0.weight", &[8, 11, 4, 4], 1.2048023531679064),
             ("discriminator_0.model0.0.bias", &[8], -0.13363472593482584),
-            (
-                "discriminator_0.model1.0.0.weight_orig",
-                &[16, 8, 4, 4],
-                2.2676459748181514,
-            ),
+            ("discriminator_0.model1.0.0.weight_orig", &[16, 8, 4, 4], 2.2676459748181514),
         ],
         tail: [
-            (
-                "discriminator_1.model4.0.weight",
-                &[1, 64, 4, 4],
-                0.061587117990711704,
-            ),
+            ("discriminator_1.model4.0.weight", &[1, 64, 4, 4], 0.061587117990711704),
             ("discriminator_1.model4.0.bias", &[1], -0.06940533220767975),
         ],
         total: -23.663102344607978,
@@ -228,10 +173,7 @@ const EXPECT: &[Expect] = &[
             ("fc.bias", &[64], -0.8271906231530011),
             ("head_0.conv_0.bias", &[64], -0.8270058145280927),
         ],
-        tail: [
-            ("conv_img.weight", &[3, 4, 3, 3], -1.6095266232441645),
-            ("conv_img.bias", &[3], -0.011023826897144318),
-        ],
+        tail: [("conv_img.weight", &[3, 4, 3, 3], -1.6095266232441645), ("conv_img.bias", &[3], -0.011023826897144318)],
         total: 904.3177797013823,
     },
     Expect {
@@ -246,10 +188,7 @@ const EXPECT: &[Expect] = &[
             ("fc.bias", &[64], -0.8271962129510939),
             ("head_0.conv_0.bias", &[64], -0.8270432327408344),
         ],
-        tail: [
-            ("conv_img.weight", &[3, 4, 3, 3], -1.6045266352884937),
-            ("conv_img.bias", &[3], -0.010723823681473732),
-        ],
+        tail: [("conv_img.weight", &[3, 4, 3, 3], -1.6045266352884937), ("conv_img.bias", &[3], -0.010723823681473732)],
         total: 835.3554831454917,
     },
     Expect {
@@ -260,24 +199,12 @@ const EXPECT: &[Expect] = &[
         i64s: (0, 0),
         first_i64: None,
         head: [
-            (
-                "discriminator_0.model0.0.weight",
-                &[8, 11, 4, 4],
-                -0.140351135855326,
-            ),
+            ("discriminator_0.model0.0.weight", &[8, 11, 4, 4], -0.140351135855326),
             ("discriminator_0.model0.0.bias", &[8], -0.02449675789102912),
-            (
-                "discriminator_0.model1.0.0.weight_orig",
-                &[16, 8, 4, 4],
-                0.3453163688304812,
-            ),
+            ("discriminator_0.model1.0.0.weight_orig", &[16, 8, 4, 4], 0.3453163688304812),
         ],
         tail: [
-            (
-                "discriminator_1.model4.0.weight",
-                &[1, 64, 4, 4],
-                -6.636686474228554,
-            ),
+            ("discriminator_1.model4.0.weight", &[1, 64, 4, 4], -6.636686474228554),
             ("discriminator_1.model4.0.bias", &[1], -0.020408153533935547),
         ],
         total: -10.530588787322671,
@@ -293,10 +220,7 @@ const EXPECT: &[Expect] = &[
             ("fc.bias", &[64], 2.2817403078079224e-07),
             ("head_0.conv_0.bias", &[64], 2.4563632905483246e-08),
         ],
-        tail: [
-            ("conv_img.weight", &[3, 4, 3, 3], -53.534887535497546),
-            ("conv_img.bias", &[3], -1.3263334967195988),
-        ],
+        tail: [("conv_img.weight", &[3, 4, 3, 3], -53.534887535497546), ("conv_img.bias", &[3], -1.3263334967195988)],
         total: 694.0659564735178,
     },
     Expect {
@@ -306,18 +230,11 @@ const EXPECT: &[Expect] = &[
         i64s: (94, 0),
         first_i64: Some((5, "Conv2d_1a_3x3.bn.num_batches_tracked")),
         head: [
-            (
-                "Conv2d_1a_3x3.conv.weight",
-                &[32, 3, 3, 3],
-                6.839901352141169,
-            ),
+            ("Conv2d_1a_3x3.conv.weight", &[32, 3, 3, 3], 6.839901352141169),
             ("Conv2d_1a_3x3.bn.weight", &[32], 31.5090371966362),
             ("Conv2d_1a_3x3.bn.bias", &[32], -0.6672011497430503),
         ],
-        tail: [
-            ("fc.weight", &[1008, 2048], -55.41719507690404),
-            ("fc.bias", &[1008], -4.6353114190278575),
-        ],
+        tail: [("fc.weight", &[1008, 2048], -55.41719507690404), ("fc.bias", &[1008], -4.6353114190278575)],
         total: 34317.65255091549,
     },
 ];
@@ -338,11 +255,7 @@ fn check(e: &Expect) {
     let sd = checkpoint::load_state_dict(&path).unwrap();
     assert_eq!(sd.len(), e.count, "{}: tensor count", e.rel);
 
-    let i64s: Vec<_> = sd
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, t))| t.dtype() == DType::I64)
-        .collect();
+    let i64s: Vec<_> = sd.iter().enumerate().filter(|(_, (_, t))| t.dtype() == DType::I64).collect();
     assert_eq!(i64s.len(), e.i64s.0, "{}: number of i64 tensors", e.rel);
     for (_, (name, t)) in &i64s {
         assert!(name.ends_with("num_batches_tracked"), "{}: {name}", e.rel);
@@ -354,31 +267,18 @@ fn check(e: &Expect) {
         assert_eq!(i64s[0].1 .0, name, "{}", e.rel);
     }
     for (name, t) in &sd {
-        assert!(
-            t.dtype() == DType::F32 || t.dtype() == DType::I64,
-            "{}: {name} is {:?}",
-            e.rel,
-            t.dtype()
-        );
+        assert!(t.dtype() == DType::F32 || t.dtype() == DType::I64, "{}: {name} is {:?}", e.rel, t.dtype());
     }
 
     let n = sd.len();
-    let picks = e
-        .head
-        .iter()
-        .zip(0..)
-        .chain(e.tail.iter().zip([n - 2, n - 1]));
+    let picks = e.head.iter().zip(0..).chain(e.tail.iter().zip([n - 2, n - 1]));
     for ((name, shape, s), idx) in picks {
         let (got_name, t) = &sd[idx];
         assert_eq!(got_name, name, "{}: name at index {idx}", e.rel);
         assert_eq!(t.dims(), *shape, "{}: {name}", e.rel);
         assert_close(name, sum(t), *s);
     }
-    let total: f64 = sd
-        .iter()
-        .filter(|(_, t)| t.dtype() == DType::F32)
-        .map(|(_, t)| sum(t))
-        .sum();
+    let total: f64 = sd.iter().filter(|(_, t)| t.dtype() == DType::F32).map(|(_, t)| sum(t)).sum();
     assert_close(&format!("{} total", e.rel), total, e.total);
 }
 
@@ -398,10 +298,7 @@ fn legacy_image_encoder() {
             ]
         );
     }
-    assert_eq!(
-        names[18..],
-        ["fc_mu.weight", "fc_mu.bias", "fc_var.weight", "fc_var.bias"]
-    );
+    assert_eq!(names[18..], ["fc_mu.weight", "fc_mu.bias", "fc_var.weight", "fc_var.bias"]);
     let get = |n: &str| &sd.iter().find(|(k, _)| k == n).unwrap().1;
     // ngf = 8: fc input is 8 * ngf * 4 * 4 = 1024.
     assert_eq!(get("fc_mu.weight").dims(), [256, 1024]);
@@ -414,14 +311,7 @@ fn legacy_image_encoder() {
         assert_eq!(u.dims(), [w.dims()[0]]);
         assert_eq!(v.dims(), [w.elem_count() / w.dims()[0]]);
         for x in [u, v] {
-            let norm = x
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .sqrt();
+            let norm = x.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
             assert!((norm - 1.0).abs() < 1e-5, "layer{layer}: norm {norm}");
         }
     }

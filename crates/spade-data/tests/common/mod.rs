@@ -12,11 +12,7 @@ pub fn map(w: usize, h: usize, f: impl Fn(usize, usize) -> u32) -> LabelMap {
             data.push(f(x, y));
         }
     }
-    LabelMap {
-        height: h,
-        width: w,
-        data,
-    }
+    LabelMap { height: h, width: w, data }
 }
 
 pub fn rgb(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> RgbImage {
@@ -26,11 +22,7 @@ pub fn rgb(w: usize, h: usize, f: impl Fn(usize, usize) -> [u8; 3]) -> RgbImage 
             data.extend_from_slice(&f(x, y));
         }
     }
-    RgbImage {
-        width: w,
-        height: h,
-        data,
-    }
+    RgbImage { width: w, height: h, data }
 }
 
 fn mkdir(p: &Path) {
@@ -54,10 +46,8 @@ pub fn png_rgb(path: &Path, img: &RgbImage) {
 
 pub fn jpeg(path: &Path, img: &RgbImage) {
     mkdir(path);
-    let buf =
-        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
-    buf.save_with_format(path, image::ImageFormat::Jpeg)
-        .unwrap();
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone()).unwrap();
+    buf.save_with_format(path, image::ImageFormat::Jpeg).unwrap();
 }
 
 /// A label with a left and a right half (ids `a`, `b`), 8x6.
@@ -72,10 +62,7 @@ pub fn photo() -> RgbImage {
 /// `{split}_label/`, `{split}_img/`, `{split}_inst/` with the given stems.
 pub fn coco_sample(root: &Path, split: &str, stems: &[&str]) {
     for (i, s) in stems.iter().enumerate() {
-        gray(
-            &root.join(format!("{split}_label/{s}.png")),
-            &halves(i as u32 * 5, 255),
-        );
+        gray(&root.join(format!("{split}_label/{s}.png")), &halves(i as u32 * 5, 255));
         jpeg(&root.join(format!("{split}_img/{s}.jpg")), &photo());
         gray(&root.join(format!("{split}_inst/{s}.png")), &halves(1, 2));
     }
