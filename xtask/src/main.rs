@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation. A thin `main` dispatching to one module per subcommand.
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod report;
 mod reproduce;
 
@@ -15,6 +16,8 @@ struct Cli {
 enum Command {
     /// Train and evaluate every row of a paper table, then build its report.
     Reproduce(reproduce::Args),
+    /// Time one training iteration of the bench's mini configuration.
+    Bench(bench::Args),
     /// Rebuild reports/<table>.md and .csv from the runs on disk.
     Report(report::Args),
 }
@@ -23,5 +26,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Reproduce(a) => reproduce::run(a),
         Command::Report(a) => report::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

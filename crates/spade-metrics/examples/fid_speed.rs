@@ -33,11 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => weights = Some(std::path::PathBuf::from(a)),
         }
     }
-    let device = if cuda {
-        Device::new_cuda(0)?
-    } else {
-        Device::Cpu
-    };
+    let device = if cuda { Device::new_cuda(0)? } else { Device::Cpu };
     let net = match &weights {
         Some(p) => load_fid_inception(p, &device)?,
         None => FidInception::load(VarBuilder::zeros(DType::F32, &device))?,

@@ -22,19 +22,11 @@ pub enum MetricsError {
 
     /// A file's SHA-256 differs from the expected digest.
     #[error("{}: SHA-256 is {actual}, expected {expected}", path.display())]
-    HashMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { path: PathBuf, expected: String, actual: String },
 
     /// A Hugging Face hub file could not be resolved.
     #[error("hub file {repo}:{file}: {msg}")]
-    Hub {
-        repo: String,
-        file: String,
-        msg: String,
-    },
+    Hub { repo: String, file: String, msg: String },
 
     /// A statistics `.npz` (pytorch-fid layout: `mu`, `sigma`) is malformed.
     #[error("statistics file {}: {msg}", path.display())]
@@ -54,11 +46,7 @@ pub enum MetricsError {
 
     /// A numeric argument is out of its domain (shapes, class counts, sample sizes).
     #[error("{what}: got {got}, expected {expected}")]
-    Invalid {
-        what: String,
-        got: String,
-        expected: String,
-    },
+    Invalid { what: String, got: String, expected: String },
 
     /// A linear-algebra routine failed.
     #[error("linear algebra: {0}")]
@@ -70,21 +58,10 @@ pub type Result<T> = std::result::Result<T, MetricsError>;
 
 impl MetricsError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        MetricsError::Io {
-            path: path.into(),
-            source,
-        }
+        MetricsError::Io { path: path.into(), source }
     }
 
-    pub(crate) fn invalid(
-        what: impl Into<String>,
-        got: impl std::fmt::Display,
-        expected: impl Into<String>,
-    ) -> Self {
-        MetricsError::Invalid {
-            what: what.into(),
-            got: got.to_string(),
-            expected: expected.into(),
-        }
+    pub(crate) fn invalid(what: impl Into<String>, got: impl std::fmt::Display, expected: impl Into<String>) -> Self {
+        MetricsError::Invalid { what: what.into(), got: got.to_string(), expected: expected.into() }
     }
 }

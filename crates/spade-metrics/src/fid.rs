@@ -12,9 +12,7 @@ use crate::resize::rgb8_to_tensor;
 use crate::stats_io::load_stats;
 
 /// Extensions pytorch-fid reads from a folder (compared case-insensitively here).
-pub const IMAGE_EXTENSIONS: [&str; 9] = [
-    "bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp",
-];
+pub const IMAGE_EXTENSIONS: [&str; 9] = ["bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"];
 
 /// The image files directly inside `dir`, sorted by path.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -22,29 +20,21 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in rd {
         let path = entry.map_err(|e| MetricsError::io(dir, e))?.path();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase());
+        let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
         if path.is_file() && ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
             files.push(path);
         }
     }
     files.sort();
     if files.is_empty() {
-        return Err(MetricsError::NoImages {
-            path: dir.to_path_buf(),
-        });
+        return Err(MetricsError::NoImages { path: dir.to_path_buf() });
     }
     Ok(files)
 }
 
 /// An image file as `(1, 3, H, W)` f32 RGB in `[0, 1]` (PIL's `convert("RGB")` then `/255`).
 pub fn load_image(path: &Path, device: &Device) -> Result<Tensor> {
-    let img = image::open(path).map_err(|e| MetricsError::Image {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let img = image::open(path).map_err(|e| MetricsError::Image { path: path.to_path_buf(), msg: e.to_string() })?;
     rgb8_to_tensor(&img.to_rgb8(), device)
 }
 
@@ -63,10 +53,7 @@ pub fn pool3_of_files(
     let mut out = Vec::with_capacity(files.len() * POOL3_DIM);
     let mut done = 0;
     for chunk in files.chunks(batch_size) {
-        let imgs = chunk
-            .iter()
-            .map(|p| load_image(p, &Device::Cpu))
-            .collect::<Result<Vec<_>>>()?;
+        let imgs = chunk.iter().map(|p| load_image(p, &Device::Cpu)).collect::<Result<Vec<_>>>()?;
         let feats = net.pool3_list(&imgs)?.to_device(&Device::Cpu)?;
         let feats: Vec<f32> = feats.flatten_all()?.to_vec1()?;
         out.extend(feats.into_iter().map(f64::from));
@@ -175,18 +162,13 @@ mod tests {
     #[test]
     fn empty_folder_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            list_images(d.path()).unwrap_err(),
-            MetricsError::NoImages { .. }
-        ));
+        assert!(matches!(list_images(d.path()).unwrap_err(), MetricsError::NoImages { .. }));
     }
 
     #[test]
     fn fid_without_weights_is_unavailable() {
         let d = tempfile::tempdir().unwrap();
-        image::RgbImage::new(4, 4)
-            .save(d.path().join("x.png"))
-            .unwrap();
+        image::RgbImage::new(4, 4).save(d.path().join("x.png")).unwrap();
         let input = FidInput::from_path(d.path()).unwrap();
         let e = fid(None, &input, &input, 8, &mut |_| {}).unwrap_err();
         assert!(matches!(e, MetricsError::FidUnavailable { .. }), "{e}");
@@ -195,11 +177,7 @@ mod tests {
     #[test]
     fn fid_of_two_stats_files_needs_no_network() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = GaussianStats {
-            mu: vec![0.0; POOL3_DIM],
-            sigma: vec![0.0; POOL3_DIM * POOL3_DIM],
-            dim: POOL3_DIM,
-        };
+        let mut s = GaussianStats { mu: vec![0.0; POOL3_DIM], sigma: vec![0.0; POOL3_DIM * POOL3_DIM], dim: POOL3_DIM };
         for i in 0..POOL3_DIM {
             s.sigma[i * POOL3_DIM + i] = 1.0;
         }

@@ -25,7 +25,7 @@ impl GaussianStats {
     /// Statistics of `n` row-major feature vectors of width `dim` (`features.len() == n *
     /// dim`), covariance with the `n - 1` denominator. Needs `n >= 2`.
     pub fn from_features(features: &[f64], dim: usize) -> Result<Self> {
-        if dim == 0 || features.len() % dim != 0 {
+        if dim == 0 || !features.chunks_exact(dim).remainder().is_empty() {
             return Err(MetricsError::invalid(
                 "feature array length",
                 features.len(),
@@ -34,11 +34,7 @@ impl GaussianStats {
         }
         let n = features.len() / dim;
         if n < 2 {
-            return Err(MetricsError::invalid(
-                "number of feature vectors",
-                n,
-                "at least 2 for an N-1 covariance",
-            ));
+            return Err(MetricsError::invalid("number of feature vectors", n, "at least 2 for an N-1 covariance"));
         }
         let mut mu = vec![0f64; dim];
         for row in features.chunks_exact(dim) {
@@ -67,12 +63,7 @@ impl GaussianStats {
             return Err(MetricsError::invalid(
                 "statistics shapes (mu, sigma)",
                 format!("({}, {})", self.mu.len(), self.sigma.len()),
-                format!(
-                    "({}, {}) for dimension {}",
-                    self.dim,
-                    self.dim * self.dim,
-                    self.dim
-                ),
+                format!("({}, {}) for dimension {}", self.dim, self.dim * self.dim, self.dim),
             ));
         }
         Ok(())
@@ -129,12 +120,7 @@ pub fn frechet_distance(s1: &GaussianStats, s2: &GaussianStats) -> Result<f64> {
         ));
     }
     let n = s1.dim;
-    let diff2: f64 = s1
-        .mu
-        .iter()
-        .zip(&s2.mu)
-        .map(|(a, b)| (a - b) * (a - b))
-        .sum();
+    let diff2: f64 = s1.mu.iter().zip(&s2.mu).map(|(a, b)| (a - b) * (a - b)).sum();
     let tr1: f64 = (0..n).map(|i| s1.sigma[i * n + i]).sum();
     let tr2: f64 = (0..n).map(|i| s2.sigma[i * n + i]).sum();
     let tr_covmean = trace_sqrt_product(s1, s2)?;
@@ -156,11 +142,8 @@ mod tests {
     #[test]
     fn diagonal_gaussians_closed_form() {
         // Diagonal covariances: d = |dmu|^2 + sum (sqrt(a_i) - sqrt(b_i))^2.
-        let s1 = GaussianStats {
-            mu: vec![0.0, 1.0, 2.0],
-            sigma: vec![4.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 9.0],
-            dim: 3,
-        };
+        let s1 =
+            GaussianStats { mu: vec![0.0, 1.0, 2.0], sigma: vec![4.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 9.0], dim: 3 };
         let s2 = GaussianStats {
             mu: vec![1.0, 1.0, 0.0],
             sigma: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 16.0],
@@ -183,16 +166,8 @@ mod tests {
     fn non_commuting_covariances() {
         // S1 = [[2,1],[1,2]], S2 = diag(1, 4): tr sqrt(S1 S2) = sqrt(tr(S1S2) + 2 sqrt(det(S1S2)))
         // for 2x2 with positive eigenvalues: tr(S1 S2) = 2 + 8 = 10, det = 3 * 4 = 12.
-        let s1 = GaussianStats {
-            mu: vec![0.0, 0.0],
-            sigma: vec![2.0, 1.0, 1.0, 2.0],
-            dim: 2,
-        };
-        let s2 = GaussianStats {
-            mu: vec![0.0, 0.0],
-            sigma: vec![1.0, 0.0, 0.0, 4.0],
-            dim: 2,
-        };
+        let s1 = GaussianStats { mu: vec![0.0, 0.0], sigma: vec![2.0, 1.0, 1.0, 2.0], dim: 2 };
+        let s2 = GaussianStats { mu: vec![0.0, 0.0], sigma: vec![1.0, 0.0, 0.0, 4.0], dim: 2 };
         let t = trace_sqrt_product(&s1, &s2).unwrap();
         let expected = (10.0 + 2.0 * 12f64.sqrt()).sqrt();
         assert!((t - expected).abs() < 1e-12, "{t} vs {expected}");

@@ -31,25 +31,15 @@ struct BasicConv {
 
 /// Loads a `BasicConv2d` (`conv.weight`, `bn.{weight,bias,running_mean,running_var}`) and
 /// folds the BatchNorm: `w' = w * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)`.
-fn fold_conv_bn(
-    vb: &VarBuilder,
-    cin: usize,
-    cout: usize,
-    k: (usize, usize),
-) -> Result<(Tensor, Tensor)> {
+fn fold_conv_bn(vb: &VarBuilder, cin: usize, cout: usize, k: (usize, usize)) -> Result<(Tensor, Tensor)> {
     let w = vb.get((cout, cin, k.0, k.1), "conv.weight")?;
     let g = vb.get(cout, "bn.weight")?.to_dtype(DType::F64)?;
     let beta = vb.get(cout, "bn.bias")?.to_dtype(DType::F64)?;
     let mean = vb.get(cout, "bn.running_mean")?.to_dtype(DType::F64)?;
     let var = vb.get(cout, "bn.running_var")?.to_dtype(DType::F64)?;
     let scale = g.div(&(var + BN_EPS)?.sqrt()?)?;
-    let w = w
-        .to_dtype(DType::F64)?
-        .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?
-        .to_dtype(DType::F32)?;
-    let b = (beta - mean.mul(&scale)?)?
-        .to_dtype(DType::F32)?
-        .reshape((1, cout, 1, 1))?;
+    let w = w.to_dtype(DType::F64)?.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?.to_dtype(DType::F32)?;
+    let b = (beta - mean.mul(&scale)?)?.to_dtype(DType::F32)?.reshape((1, cout, 1, 1))?;
     Ok((w, b))
 }
 
@@ -73,9 +63,7 @@ impl BasicConv {
         } else if self.pad.0 == self.pad.1 {
             x.conv2d(&self.w, self.pad.0, self.stride, 1, 1)?
         } else {
-            let x = x
-                .pad_with_zeros(2, self.pad.0, self.pad.0)?
-                .pad_with_zeros(3, self.pad.1, self.pad.1)?;
+            let x = x.pad_with_zeros(2, self.pad.0, self.pad.0)?.pad_with_zeros(3, self.pad.1, self.pad.1)?;
             x.conv2d(&self.w, 0, self.stride, 1, 1)?
         };
         Ok(y.broadcast_add(&self.b)?.relu()?)
@@ -109,18 +97,11 @@ impl Fused1x1 {
             ws.push(w);
             bs.push(b);
         }
-        Ok(Self {
-            w: Tensor::cat(&ws, 0)?,
-            b: Tensor::cat(&bs, 1)?,
-            splits: parts.iter().map(|p| p.1).collect(),
-        })
+        Ok(Self { w: Tensor::cat(&ws, 0)?, b: Tensor::cat(&bs, 1)?, splits: parts.iter().map(|p| p.1).collect() })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let y = x
-            .conv2d(&self.w, 0, 1, 1, 1)?
-            .broadcast_add(&self.b)?
-            .relu()?;
+        let y = x.conv2d(&self.w, 0, 1, 1, 1)?.broadcast_add(&self.b)?.relu()?;
         let mut out = Vec::with_capacity(self.splits.len());
         let mut start = 0;
         for &n in &self.splits {
@@ -177,15 +158,7 @@ struct InceptionA {
 impl InceptionA {
     fn load(vb: VarBuilder, cin: usize, pool_features: usize) -> Result<Self> {
         Ok(Self {
-            head: Fused1x1::load(
-                &vb,
-                cin,
-                &[
-                    ("branch1x1", 64),
-                    ("branch5x5_1", 48),
-                    ("branch3x3dbl_1", 64),
-                ],
-            )?,
+            head: Fused1x1::load(&vb, cin, &[("branch1x1", 64), ("branch5x5_1", 48), ("branch3x3dbl_1", 64)])?,
             b5_2: BasicConv::load(vb.pp("branch5x5_2"), 48, 64, (5, 5), 1, (2, 2))?,
             b3_2: BasicConv::load(vb.pp("branch3x3dbl_2"), 64, 96, (3, 3), 1, (1, 1))?,
             b3_3: BasicConv::load(vb.pp("branch3x3dbl_3"), 96, 96, (3, 3), 1, (1, 1))?,
@@ -222,9 +195,7 @@ impl InceptionB {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let b3 = self.b3.forward(x)?;
-        let bd = self
-            .bd_3
-            .forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
+        let bd = self.bd_3.forward(&self.bd_2.forward(&self.bd_1.forward(x)?)?)?;
         let bp = max_pool3x3(x, 2)?;
         Ok(Tensor::cat(&[&b3, &bd, &bp], 1)?)
     }
@@ -244,20 +215,10 @@ struct InceptionC {
 
 impl InceptionC {
     fn load(vb: VarBuilder, cin: usize, c7: usize) -> Result<Self> {
-        let row =
-            |name: &str, i: usize, o: usize| BasicConv::load(vb.pp(name), i, o, (1, 7), 1, (0, 3));
-        let col =
-            |name: &str, i: usize, o: usize| BasicConv::load(vb.pp(name), i, o, (7, 1), 1, (3, 0));
+        let row = |name: &str, i: usize, o: usize| BasicConv::load(vb.pp(name), i, o, (1, 7), 1, (0, 3));
+        let col = |name: &str, i: usize, o: usize| BasicConv::load(vb.pp(name), i, o, (7, 1), 1, (3, 0));
         Ok(Self {
-            head: Fused1x1::load(
-                &vb,
-                cin,
-                &[
-                    ("branch1x1", 192),
-                    ("branch7x7_1", c7),
-                    ("branch7x7dbl_1", c7),
-                ],
-            )?,
+            head: Fused1x1::load(&vb, cin, &[("branch1x1", 192), ("branch7x7_1", c7), ("branch7x7dbl_1", c7)])?,
             b7_2: row("branch7x7_2", c7, c7)?,
             b7_3: col("branch7x7_3", c7, 192)?,
             bd_2: col("branch7x7dbl_2", c7, c7)?,
@@ -303,9 +264,7 @@ impl InceptionD {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.head.forward(x)?;
         let b3 = self.b3_2.forward(&h[0])?;
-        let b7 = self
-            .b7_4
-            .forward(&self.b7_3.forward(&self.b7_2.forward(&h[1])?)?)?;
+        let b7 = self.b7_4.forward(&self.b7_3.forward(&self.b7_2.forward(&h[1])?)?)?;
         let bp = max_pool3x3(x, 2)?;
         Ok(Tensor::cat(&[&b3, &b7, &bp], 1)?)
     }
@@ -333,15 +292,7 @@ struct InceptionE {
 impl InceptionE {
     fn load(vb: VarBuilder, cin: usize, pool_kind: EPool) -> Result<Self> {
         Ok(Self {
-            head: Fused1x1::load(
-                &vb,
-                cin,
-                &[
-                    ("branch1x1", 320),
-                    ("branch3x3_1", 384),
-                    ("branch3x3dbl_1", 448),
-                ],
-            )?,
+            head: Fused1x1::load(&vb, cin, &[("branch1x1", 320), ("branch3x3_1", 384), ("branch3x3dbl_1", 448)])?,
             b3_2a: BasicConv::load(vb.pp("branch3x3_2a"), 384, 384, (1, 3), 1, (0, 1))?,
             b3_2b: BasicConv::load(vb.pp("branch3x3_2b"), 384, 384, (3, 1), 1, (1, 0))?,
             bd_2: BasicConv::load(vb.pp("branch3x3dbl_2"), 448, 384, (3, 3), 1, (1, 1))?,
@@ -462,11 +413,7 @@ impl FidInception {
     pub fn pool3_list(&self, images01: &[Tensor]) -> Result<Tensor> {
         let mut batch = Vec::with_capacity(images01.len());
         for img in images01 {
-            let img = if img.rank() == 3 {
-                img.unsqueeze(0)?
-            } else {
-                img.clone()
-            };
+            let img = if img.rank() == 3 { img.unsqueeze(0)? } else { img.clone() };
             let img = img.to_device(&self.device)?.to_dtype(DType::F32)?;
             batch.push(Self::preprocess(&img)?);
         }
@@ -498,16 +445,8 @@ mod tests {
         }
         // 1..9: corner (0,0) averages {1,2,4,5} = 3; centre averages all = 5; edge (0,1)
         // averages {1,2,3,4,5,6} = 3.5.
-        let x = Tensor::arange(1f32, 10.0, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 3, 3))
-            .unwrap();
-        let y: Vec<f32> = avg_pool3x3_exclude_pad(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = Tensor::arange(1f32, 10.0, &Device::Cpu).unwrap().reshape((1, 1, 3, 3)).unwrap();
+        let y: Vec<f32> = avg_pool3x3_exclude_pad(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert!((y[0] - 3.0).abs() < 1e-6);
         assert!((y[1] - 3.5).abs() < 1e-6);
         assert!((y[4] - 5.0).abs() < 1e-6);
@@ -519,10 +458,7 @@ mod tests {
         let y = avg_pool3x3_exclude_pad(&x).unwrap();
         let v: Vec<Vec<f32>> = y.get(1).unwrap().get(2).unwrap().to_vec2().unwrap();
         let xv: Vec<Vec<f32>> = x.get(1).unwrap().get(2).unwrap().to_vec2().unwrap();
-        let inner: f32 = (3..6)
-            .flat_map(|i| (4..7).map(move |j| (i, j)))
-            .map(|(i, j)| xv[i][j])
-            .sum();
+        let inner: f32 = (3..6).flat_map(|i| (4..7).map(move |j| (i, j))).map(|(i, j)| xv[i][j]).sum();
         assert!((v[4][5] - inner / 9.0).abs() < 1e-6);
         assert!((v[0][7] - (xv[0][6] + xv[0][7] + xv[1][6] + xv[1][7]) / 4.0).abs() < 1e-6);
     }
@@ -530,12 +466,7 @@ mod tests {
     #[test]
     fn max_pool_same_ignores_padding() {
         let x = Tensor::new(&[[[[-1f32, -2.0], [-3.0, -4.0]]]], &Device::Cpu).unwrap();
-        let y: Vec<f32> = max_pool3x3_same(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let y: Vec<f32> = max_pool3x3_same(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(y, vec![-1.0, -1.0, -1.0, -1.0]);
     }
 }

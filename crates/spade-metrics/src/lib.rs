@@ -7,12 +7,15 @@
 //!   pytorch-fid ([`stats_io`]), weights from a path or a Hugging Face hub cache
 //!   ([`weights`]). Without weights, FID is [`MetricsError::FidUnavailable`].
 //! - Segmentation metrics ([`segmentation`]): a confusion matrix over the dataset, pixel
-//!   accuracy and mIoU with the don't-care handling explicit, and the [`Segmenter`] trait.
+//!   accuracy and mIoU with the don't-care handling explicit, and the [`Segmenter`] trait;
+//!   with the `segformer` feature, a SegFormer segmenter (candle-transformers) from the hub.
 pub mod error;
 pub mod fid;
 pub mod frechet;
 pub mod inception;
 pub mod resize;
+#[cfg(feature = "segformer")]
+pub mod segformer;
 pub mod segmentation;
 pub mod stats_io;
 pub mod weights;

@@ -104,10 +104,7 @@ mod tests {
     fn downsample_matches_torch() {
         // torch: F.interpolate(torch.arange(6.).view(1,1,1,6), size=(1,4), mode="bilinear",
         // align_corners=False) = [0.25, 1.75, 3.25, 4.75] (scale 1.5, no antialias).
-        let x = Tensor::arange(0f32, 6.0, &Device::Cpu)
-            .unwrap()
-            .reshape((1, 1, 1, 6))
-            .unwrap();
+        let x = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((1, 1, 1, 6)).unwrap();
         let y = resize_bilinear(&x, 1, 4).unwrap();
         let v: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(v, vec![0.25, 1.75, 3.25, 4.75]);

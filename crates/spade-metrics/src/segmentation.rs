@@ -80,11 +80,7 @@ pub struct SegScores {
 impl ConfusionMatrix {
     /// An empty matrix; `dont_care` is the ground-truth id of don't-care pixels, if any.
     pub fn new(num_classes: usize, dont_care: Option<u32>) -> Self {
-        Self {
-            num_classes,
-            dont_care,
-            counts: vec![0; (num_classes + 1) * num_classes],
-        }
+        Self { num_classes, dont_care, counts: vec![0; (num_classes + 1) * num_classes] }
     }
 
     /// A matrix from hand-made counts: `rows[gt][pred]` for the `num_classes` classes, and
@@ -144,11 +140,7 @@ impl ConfusionMatrix {
                 ));
             };
             if p as usize >= c {
-                return Err(MetricsError::invalid(
-                    "predicted class id",
-                    p,
-                    format!("below {c}"),
-                ));
+                return Err(MetricsError::invalid("predicted class id", p, format!("below {c}")));
             }
             self.counts[row * c + p as usize] += 1;
         }
@@ -216,18 +208,10 @@ impl ConfusionMatrix {
             })
             .collect();
         let present: Vec<f64> = per_class_iou.iter().flatten().copied().collect();
-        let mean_iou = if present.is_empty() {
-            0.0
-        } else {
-            present.iter().sum::<f64>() / present.len() as f64
-        };
+        let mean_iou = if present.is_empty() { 0.0 } else { present.iter().sum::<f64>() / present.len() as f64 };
         SegScores {
             dont_care,
-            pixel_accuracy: if total == 0 {
-                0.0
-            } else {
-                correct as f64 / total as f64
-            },
+            pixel_accuracy: if total == 0 { 0.0 } else { correct as f64 / total as f64 },
             mean_iou,
             per_class_iou,
             pixels: total,
@@ -264,9 +248,7 @@ pub fn resize_labels_nearest(labels: &Tensor, out_h: usize, out_w: usize) -> Res
     }
     let idx = |n_in: usize, n_out: usize| -> Vec<u32> {
         let scale = n_in as f32 / n_out as f32;
-        (0..n_out)
-            .map(|d| ((d as f32 * scale).floor() as usize).min(n_in - 1) as u32)
-            .collect()
+        (0..n_out).map(|d| ((d as f32 * scale).floor() as usize).min(n_in - 1) as u32).collect()
     };
     let dev = labels.device();
     let ih = Tensor::from_vec(idx(h, out_h), out_h, dev)?;
@@ -312,11 +294,7 @@ mod tests {
         //   1      10  30  10
         //   2       0   0   0     (class 2 never in ground truth, predicted 10 times)
         // don't care: 20 predicted as 0, 5 as 1.
-        let m = ConfusionMatrix::from_counts(
-            &[vec![50, 5, 0], vec![10, 30, 10], vec![0, 0, 0]],
-            &[20, 5, 0],
-        )
-        .unwrap();
+        let m = ConfusionMatrix::from_counts(&[vec![50, 5, 0], vec![10, 30, 10], vec![0, 0, 0]], &[20, 5, 0]).unwrap();
         let ig = m.scores(DontCare::Ignore);
         assert_eq!(ig.pixels, 105);
         assert!(close(ig.pixel_accuracy, 80.0 / 105.0));
@@ -336,10 +314,7 @@ mod tests {
         assert!(close(ct.per_class_iou[2].unwrap(), 0.0));
         assert!(close(ct.mean_iou, (50.0 / 85.0 + 0.5) / 3.0));
         let [a, b] = m.report();
-        assert_eq!(
-            (a.dont_care, b.dont_care),
-            (DontCare::Ignore, DontCare::Count)
-        );
+        assert_eq!((a.dont_care, b.dont_care), (DontCare::Ignore, DontCare::Count));
     }
 
     #[test]
@@ -423,21 +398,11 @@ mod tests {
         lab[15] = 255;
         let labels = Tensor::from_vec(lab, (1, 4, 4), &dev).unwrap();
         let mut cm = ConfusionMatrix::new(2, Some(255));
-        accumulate(
-            &mut cm,
-            &Threshold,
-            &images,
-            &labels,
-            LabelResize::PredictionToLabel,
-        )
-        .unwrap();
+        accumulate(&mut cm, &Threshold, &images, &labels, LabelResize::PredictionToLabel).unwrap();
         let s = cm.scores(DontCare::Ignore);
         assert_eq!(s.pixels, 15);
         assert!(close(s.pixel_accuracy, 1.0));
-        assert!(close(
-            cm.scores(DontCare::Count).pixel_accuracy,
-            15.0 / 16.0
-        ));
+        assert!(close(cm.scores(DontCare::Count).pixel_accuracy, 15.0 / 16.0));
     }
 
     #[test]
@@ -449,9 +414,6 @@ mod tests {
         assert_eq!(v[0], vec![1, 1, 2, 2]);
         assert_eq!(v[3], vec![3, 3, 4, 4]);
         let d = resize_labels_nearest(&r, 2, 2).unwrap();
-        assert_eq!(
-            d.squeeze(0).unwrap().to_vec2::<u32>().unwrap(),
-            vec![vec![1, 2], vec![3, 4]]
-        );
+        assert_eq!(d.squeeze(0).unwrap().to_vec2::<u32>().unwrap(), vec![vec![1, 2], vec![3, 4]]);
     }
 }

@@ -26,9 +26,7 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 /// Parses an `.npy` byte stream of float32/float64 little-endian values.
 pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, String> {
     if bytes.len() < 10 || &bytes[..6] != NPY_MAGIC {
-        return Err(format!(
-            "{what}: not an .npy array (magic \\x93NUMPY missing)"
-        ));
+        return Err(format!("{what}: not an .npy array (magic \\x93NUMPY missing)"));
     }
     let major = bytes[6];
     let (hlen, hstart) = match major {
@@ -37,20 +35,11 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, Stri
             if bytes.len() < 12 {
                 return Err(format!("{what}: truncated .npy header"));
             }
-            (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                12,
-            )
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
         }
-        v => {
-            return Err(format!(
-                "{what}: .npy format version {v}, expected 1, 2 or 3"
-            ))
-        }
+        v => return Err(format!("{what}: .npy format version {v}, expected 1, 2 or 3")),
     };
-    let header = bytes
-        .get(hstart..hstart + hlen)
-        .ok_or_else(|| format!("{what}: truncated .npy header"))?;
+    let header = bytes.get(hstart..hstart + hlen).ok_or_else(|| format!("{what}: truncated .npy header"))?;
     let header = std::str::from_utf8(header).map_err(|_| format!("{what}: header not UTF-8"))?;
     let descr = header_value(header, "descr")
         .and_then(|v| v.strip_prefix('\''))
@@ -64,15 +53,8 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, Stri
         .and_then(|v| v.split(')').next())
         .ok_or_else(|| format!("{what}: no 'shape' in header {header:?}"))?;
     let mut shape = Vec::new();
-    for part in shape_str
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let n = part
-            .trim_end_matches('L')
-            .parse::<usize>()
-            .map_err(|_| format!("{what}: bad shape entry {part:?}"))?;
+    for part in shape_str.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let n = part.trim_end_matches('L').parse::<usize>().map_err(|_| format!("{what}: bad shape entry {part:?}"))?;
         shape.push(n);
     }
     let count: usize = shape.iter().product();
@@ -80,29 +62,15 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, Stri
     let data: Vec<f64> = match descr {
         "<f8" | "f8" => {
             if body.len() < count * 8 {
-                return Err(format!(
-                    "{what}: {} data bytes, expected {}",
-                    body.len(),
-                    count * 8
-                ));
+                return Err(format!("{what}: {} data bytes, expected {}", body.len(), count * 8));
             }
-            body.chunks_exact(8)
-                .take(count)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect()
+            body.chunks_exact(8).take(count).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
         }
         "<f4" | "f4" => {
             if body.len() < count * 4 {
-                return Err(format!(
-                    "{what}: {} data bytes, expected {}",
-                    body.len(),
-                    count * 4
-                ));
+                return Err(format!("{what}: {} data bytes, expected {}", body.len(), count * 4));
             }
-            body.chunks_exact(4)
-                .take(count)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect()
+            body.chunks_exact(4).take(count).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
         }
         d => return Err(format!("{what}: dtype {d:?}, expected '<f8' or '<f4'")),
     };
@@ -116,9 +84,7 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, Stri
         }
         out
     } else if fortran && shape.len() > 2 {
-        return Err(format!(
-            "{what}: Fortran-order arrays of rank > 2 are not supported"
-        ));
+        return Err(format!("{what}: Fortran-order arrays of rank > 2 are not supported"));
     } else {
         data
     };
@@ -129,14 +95,7 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, Stri
 pub fn npy_bytes(shape: &[usize], data: &[f64]) -> Vec<u8> {
     let shape_str = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_str}, }}");
     // Pad so that magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
@@ -156,23 +115,16 @@ pub fn npy_bytes(shape: &[usize], data: &[f64]) -> Vec<u8> {
 
 /// Reads every array of an `.npz` as f64 (`name` without the `.npy` suffix).
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
-    let err = |msg: String| MetricsError::Stats {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let err = |msg: String| MetricsError::Stats { path: path.to_path_buf(), msg };
     let file = std::fs::File::open(path).map_err(|e| MetricsError::io(path, e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| err(format!("not a zip (.npz) archive: {e}")))?;
     let mut out = Vec::new();
     for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| err(format!("zip entry {i}: {e}")))?;
+        let mut entry = zip.by_index(i).map_err(|e| err(format!("zip entry {i}: {e}")))?;
         let name = entry.name().to_string();
         let mut bytes = Vec::new();
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| err(format!("reading entry {name}: {e}")))?;
+        entry.read_to_end(&mut bytes).map_err(|e| err(format!("reading entry {name}: {e}")))?;
         let arr = parse_npy(&bytes, &name).map_err(err)?;
         out.push((name.trim_end_matches(".npy").to_string(), arr));
     }
@@ -181,22 +133,13 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
 
 /// Loads pytorch-fid statistics (`mu`, `sigma`) from an `.npz`.
 pub fn load_stats(path: &Path) -> Result<GaussianStats> {
-    let err = |msg: String| MetricsError::Stats {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let err = |msg: String| MetricsError::Stats { path: path.to_path_buf(), msg };
     let arrays = read_npz(path)?;
     let find = |key: &str| {
-        arrays
-            .iter()
-            .find(|(n, _)| n == key)
-            .map(|(_, a)| a.clone())
-            .ok_or_else(|| {
-                let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
-                err(format!(
-                    "no array '{key}' (found {names:?}; expected 'mu' and 'sigma')"
-                ))
-            })
+        arrays.iter().find(|(n, _)| n == key).map(|(_, a)| a.clone()).ok_or_else(|| {
+            let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
+            err(format!("no array '{key}' (found {names:?}; expected 'mu' and 'sigma')"))
+        })
     };
     let mu = find("mu")?;
     let sigma = find("sigma")?;
@@ -205,16 +148,9 @@ pub fn load_stats(path: &Path) -> Result<GaussianStats> {
     }
     let d = mu.shape[0];
     if sigma.shape != [d, d] {
-        return Err(err(format!(
-            "'sigma' has shape {:?}, expected ({d}, {d}) to match 'mu'",
-            sigma.shape
-        )));
+        return Err(err(format!("'sigma' has shape {:?}, expected ({d}, {d}) to match 'mu'", sigma.shape)));
     }
-    Ok(GaussianStats {
-        mu: mu.data,
-        sigma: sigma.data,
-        dim: d,
-    })
+    Ok(GaussianStats { mu: mu.data, sigma: sigma.data, dim: d })
 }
 
 /// Saves statistics as pytorch-fid does (`np.savez(path, mu=mu, sigma=sigma)`, float64,
@@ -225,23 +161,17 @@ pub fn save_stats(path: &Path, stats: &GaussianStats) -> Result<()> {
     let write = || -> std::result::Result<(), String> {
         let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
         let mut zip = zip::ZipWriter::new(file);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        for (name, shape, data) in [
-            ("mu.npy", vec![stats.dim], &stats.mu),
-            ("sigma.npy", vec![stats.dim, stats.dim], &stats.sigma),
-        ] {
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (name, shape, data) in
+            [("mu.npy", vec![stats.dim], &stats.mu), ("sigma.npy", vec![stats.dim, stats.dim], &stats.sigma)]
+        {
             zip.start_file(name, opts).map_err(|e| e.to_string())?;
-            zip.write_all(&npy_bytes(&shape, data))
-                .map_err(|e| e.to_string())?;
+            zip.write_all(&npy_bytes(&shape, data)).map_err(|e| e.to_string())?;
         }
         zip.finish().map_err(|e| e.to_string())?;
         Ok(())
     };
-    write().map_err(|msg| MetricsError::Stats {
-        path: path.to_path_buf(),
-        msg: format!("writing failed: {msg}"),
-    })?;
+    write().map_err(|msg| MetricsError::Stats { path: path.to_path_buf(), msg: format!("writing failed: {msg}") })?;
     std::fs::rename(&tmp, path).map_err(|e| MetricsError::io(path, e))
 }
 
@@ -258,8 +188,7 @@ mod tests {
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let b1 = npy_bytes(&[3], &[7.0, 8.0, 9.0]);
-        let h =
-            std::str::from_utf8(&b1[10..10 + u16::from_le_bytes([b1[8], b1[9]]) as usize]).unwrap();
+        let h = std::str::from_utf8(&b1[10..10 + u16::from_le_bytes([b1[8], b1[9]]) as usize]).unwrap();
         assert!(h.contains("'shape': (3,)"), "{h}");
     }
 
@@ -284,11 +213,7 @@ mod tests {
     fn stats_roundtrip_and_candle_reads_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.npz");
-        let s = GaussianStats {
-            mu: vec![0.5, -1.25],
-            sigma: vec![2.0, 0.1, 0.1, 3.0],
-            dim: 2,
-        };
+        let s = GaussianStats { mu: vec![0.5, -1.25], sigma: vec![2.0, 0.1, 0.1, 3.0], dim: 2 };
         save_stats(&p, &s).unwrap();
         assert_eq!(load_stats(&p).unwrap(), s);
         // candle's independent npz reader agrees on names, dtype and values.
@@ -296,10 +221,7 @@ mod tests {
         let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, vec!["mu", "sigma"]);
         assert_eq!(t[1].1.dtype(), candle_core::DType::F64);
-        assert_eq!(
-            t[1].1.to_vec2::<f64>().unwrap(),
-            vec![vec![2.0, 0.1], vec![0.1, 3.0]]
-        );
+        assert_eq!(t[1].1.to_vec2::<f64>().unwrap(), vec![vec![2.0, 0.1], vec![0.1, 3.0]]);
     }
 
     #[test]

@@ -42,10 +42,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>())
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// The SHA-256 prefix that torch hub's naming convention puts in a file name
@@ -70,11 +67,7 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<String> {
     }
     let actual = sha256_file(path)?;
     if !actual.starts_with(&expected) {
-        return Err(MetricsError::HashMismatch {
-            path: path.to_path_buf(),
-            expected,
-            actual,
-        });
+        return Err(MetricsError::HashMismatch { path: path.to_path_buf(), expected, actual });
     }
     Ok(actual)
 }
@@ -101,9 +94,9 @@ pub struct HubFile {
 impl HubFile {
     /// Parses `REPO:FILE` (`org/name:file.pth`), revision `main`, download allowed.
     pub fn parse(spec: &str) -> Result<Self> {
-        let (repo, file) = spec.split_once(':').ok_or_else(|| {
-            MetricsError::invalid("hub file", spec, "REPO:FILE, e.g. org/name:weights.pth")
-        })?;
+        let (repo, file) = spec
+            .split_once(':')
+            .ok_or_else(|| MetricsError::invalid("hub file", spec, "REPO:FILE, e.g. org/name:weights.pth"))?;
         if repo.is_empty() || file.is_empty() || !repo.contains('/') {
             return Err(MetricsError::invalid(
                 "hub file",
@@ -134,11 +127,7 @@ impl HubFile {
     }
 
     fn err(&self, msg: impl Into<String>) -> MetricsError {
-        MetricsError::Hub {
-            repo: self.repo.clone(),
-            file: self.file.clone(),
-            msg: msg.into(),
-        }
+        MetricsError::Hub { repo: self.repo.clone(), file: self.file.clone(), msg: msg.into() }
     }
 
     /// Local path of the file: from the cache, else downloaded (when allowed) through
@@ -151,9 +140,7 @@ impl HubFile {
                 let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
                     .build()
                     .map_err(|e| self.err(format!("cannot start the hub client: {e}")))?;
-                api.repo(self.hub_repo())
-                    .get(&self.file)
-                    .map_err(|e| self.err(format!("download failed: {e}")))?
+                api.repo(self.hub_repo()).get(&self.file).map_err(|e| self.err(format!("download failed: {e}")))?
             }
             None => {
                 return Err(self.err(format!(
@@ -165,19 +152,12 @@ impl HubFile {
                 )))
             }
         };
-        let expected = self
-            .sha256
-            .clone()
-            .or_else(|| hash_prefix_from_filename(&self.file));
+        let expected = self.sha256.clone().or_else(|| hash_prefix_from_filename(&self.file));
         let sha256 = match &expected {
             Some(h) => verify_sha256(&path, h)?,
             None => sha256_file(&path)?,
         };
-        Ok(ResolvedWeights {
-            path,
-            sha256,
-            verified: expected.is_some(),
-        })
+        Ok(ResolvedWeights { path, sha256, verified: expected.is_some() })
     }
 }
 
@@ -198,23 +178,16 @@ impl ResolvedWeights {
         if !path.is_file() {
             return Err(MetricsError::Weights {
                 path: path.to_path_buf(),
-                msg: "no such file (expected pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"
-                    .into(),
+                msg: "no such file (expected pytorch-fid's pt_inception-2015-12-05-6726825d.pth)".into(),
             });
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let expected = expected
-            .map(str::to_string)
-            .or_else(|| hash_prefix_from_filename(name));
+        let expected = expected.map(str::to_string).or_else(|| hash_prefix_from_filename(name));
         let sha256 = match &expected {
             Some(h) => verify_sha256(path, h)?,
             None => sha256_file(path)?,
         };
-        Ok(Self {
-            path: path.to_path_buf(),
-            sha256,
-            verified: expected.is_some(),
-        })
+        Ok(Self { path: path.to_path_buf(), sha256, verified: expected.is_some() })
     }
 }
 
@@ -262,10 +235,7 @@ mod tests {
 
     #[test]
     fn filename_hash_prefix() {
-        assert_eq!(
-            hash_prefix_from_filename(FID_WEIGHTS_FILE).as_deref(),
-            Some("6726825d")
-        );
+        assert_eq!(hash_prefix_from_filename(FID_WEIGHTS_FILE).as_deref(), Some("6726825d"));
         assert_eq!(hash_prefix_from_filename("weights.pth"), None);
         assert_eq!(hash_prefix_from_filename("model-2015.pth"), None);
     }
@@ -286,10 +256,7 @@ mod tests {
         // Wrong digest: rejected, naming the file.
         hf.sha256 = Some("deadbeef".into());
         let e = hf.resolve().unwrap_err().to_string();
-        assert!(
-            e.contains("w.pth") && e.contains("expected deadbeef"),
-            "{e}"
-        );
+        assert!(e.contains("w.pth") && e.contains("expected deadbeef"), "{e}");
 
         // Not in the cache and downloads off: a hub error naming the layout looked for.
         let mut missing = hf.clone();
@@ -308,9 +275,7 @@ mod tests {
 
     #[test]
     fn missing_weights_file_is_named() {
-        let e = load_fid_inception(Path::new("/nonexistent/w.pth"), &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = load_fid_inception(Path::new("/nonexistent/w.pth"), &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/w.pth"), "{e}");
     }
 }
