@@ -120,6 +120,8 @@ pub struct TrainConfig {
     pub beta2: f64,
     pub no_TTUR: bool,
     pub batch_size: usize,
+    /// Gradient accumulation: each batch of `batch_size` runs as this many micro-batches.
+    pub accumulate: usize,
     /// Epochs at the initial learning rate.
     pub niter: usize,
     /// Epochs of linear decay to 0 after `niter`.
@@ -142,6 +144,7 @@ impl Default for TrainConfig {
             beta2: 0.9,
             no_TTUR: false,
             batch_size: 1,
+            accumulate: 1,
             niter: 50,
             niter_decay: 0,
             max_iters: None,

@@ -272,6 +272,13 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let vgg = load_vgg(cfg, &ro.device)?;
     let optim = OptimOptions { lr: t.lr, beta1: t.beta1, beta2: t.beta2, no_ttur: t.no_TTUR };
     let mut tr = Trainer::new(opt.clone(), loss_options(cfg)?, optim, nets, vgg, t.seed)?;
+    if t.accumulate > 1 && t.batch_size % t.accumulate != 0 {
+        return Err(file_err(
+            &cfg_path,
+            format!("train.accumulate {} must divide train.batch_size {}", t.accumulate, t.batch_size),
+        ));
+    }
+    tr.accumulate = t.accumulate.max(1);
 
     let mut start = 0usize;
     let mut last_ck = String::from("none (no checkpoint written yet)");
