@@ -361,6 +361,11 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
             losses.extend(l);
             fake = Some(f);
         }
+        // A monitor, not part of the objective: how far the G-step fake is from the real images.
+        let l1 = match &fake {
+            Some(f) => Some((f - &real)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64),
+            None => None,
+        };
         losses.extend(tr.discriminator_step(&sem, &real)?);
         if let Some((term, value)) = losses.iter().find(|(_, v)| !v.is_finite()) {
             return Err(TrainError::NonFinite {
@@ -374,6 +379,7 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
             "iter": it, "epoch": epoch, "lr": lr,
             "losses": losses.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "elapsed_s": t0.elapsed().as_secs_f64(),
+            "l1_fake_real": l1,
         });
         writeln!(log, "{line}").map_err(|e| file_err(&log_path, e))?;
         bar.set_message(losses.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(" "));
