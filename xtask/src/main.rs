@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fetch_weights;
 mod report;
 mod reproduce;
 
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Train and evaluate every row of a paper table, then build its report.
     Reproduce(reproduce::Args),
+    /// Bring VGG19 / SegFormer (/ Inception) weights into the hub cache, or say how to.
+    FetchWeights(fetch_weights::Args),
     /// Time one training iteration of the bench's mini configuration.
     Bench(bench::Args),
     /// Rebuild reports/<table>.md and .csv from the runs on disk.
@@ -27,5 +30,6 @@ fn main() -> anyhow::Result<()> {
         Command::Reproduce(a) => reproduce::run(a),
         Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::FetchWeights(a) => fetch_weights::run(a),
     }
 }

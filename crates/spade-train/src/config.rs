@@ -95,6 +95,11 @@ pub struct LossConfig {
     pub no_vgg_loss: bool,
     /// VGG19 ImageNet weights (torchvision `vgg19` state_dict, .pth or .safetensors).
     pub vgg_weights: Option<PathBuf>,
+    /// Or the same from the Hugging Face hub cache, `org/name:file` (downloaded when absent and
+    /// the network allows), e.g. `timm/vgg19.tv_in1k:model.safetensors` (`features.*` keys).
+    pub vgg_weights_hub: Option<String>,
+    /// Expected SHA-256 (or a prefix of at least 8 hex digits) of the VGG19 weights file.
+    pub vgg_weights_sha256: Option<String>,
 }
 
 impl Default for LossConfig {
@@ -107,6 +112,8 @@ impl Default for LossConfig {
             no_ganFeat_loss: false,
             no_vgg_loss: false,
             vgg_weights: None,
+            vgg_weights_hub: None,
+            vgg_weights_sha256: None,
         }
     }
 }

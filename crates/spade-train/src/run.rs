@@ -132,19 +132,39 @@ fn loss_options(cfg: &ExperimentConfig) -> Result<LossOptions> {
     })
 }
 
-fn load_vgg(cfg: &ExperimentConfig, device: &Device) -> Result<Option<Vgg19>> {
+/// VGG19 for the perceptual loss, from `loss.vgg_weights` or the hub cache
+/// (`loss.vgg_weights_hub`); returns it with the weights file and its SHA-256.
+fn load_vgg(cfg: &ExperimentConfig, device: &Device) -> Result<Option<(Vgg19, PathBuf, String)>> {
     if cfg.loss.no_vgg_loss {
         return Ok(None);
     }
-    let Some(path) = &cfg.loss.vgg_weights else {
-        return Err(TrainError::Config(ConfigError::File {
-            file: "loss.vgg_weights".into(),
-            message: "the VGG19 perceptual loss needs ImageNet weights (torchvision vgg19 state_dict): set loss.vgg_weights to the file, or train without it with loss.no_vgg_loss: true".into(),
-        }));
+    let (path, sha256) = match (&cfg.loss.vgg_weights, &cfg.loss.vgg_weights_hub) {
+        (Some(path), _) => {
+            let sha = match &cfg.loss.vgg_weights_sha256 {
+                Some(h) => spade_metrics::weights::verify_sha256(path, h)?,
+                None => spade_metrics::weights::sha256_file(path)?,
+            };
+            (path.clone(), sha)
+        }
+        (None, Some(spec)) => {
+            let mut hub = spade_metrics::HubFile::parse(spec)?;
+            hub.sha256 = cfg.loss.vgg_weights_sha256.clone();
+            let r = hub.resolve()?;
+            (r.path, r.sha256)
+        }
+        (None, None) => {
+            return Err(TrainError::Config(ConfigError::File {
+                file: "loss.vgg_weights".into(),
+                message: "the VGG19 perceptual loss needs ImageNet weights (torchvision vgg19 state_dict): set loss.vgg_weights to the file or loss.vgg_weights_hub to org/name:file (`cargo xtask fetch-weights`), or train without it with loss.no_vgg_loss: true".into(),
+            }))
+        }
     };
-    let tensors = spade_io::checkpoint::load_state_dict(path)?;
+    let tensors = spade_io::checkpoint::load_state_dict(&path)?;
+    // Only the convs up to relu5_1 are used; classifier weights in the file are ignored.
+    let tensors: Vec<_> = tensors.into_iter().filter(|(k, _)| k.starts_with("features.")).collect();
     let store = ParamStore::from_state_dict(tensors, DType::F32, device).frozen();
-    Ok(Some(Vgg19::new(&store.root())?))
+    let vgg = Vgg19::new(&store.root()).map_err(|e| file_err(&path, e))?;
+    Ok(Some((vgg, path, sha256)))
 }
 
 fn store_to_file(store: &ParamStore, path: &Path) -> Result<()> {
@@ -270,6 +290,8 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let t = &cfg.train;
     let nets = Nets::fresh(&opt, t.seed, &ro.device)?;
     let vgg = load_vgg(cfg, &ro.device)?;
+    let vgg_info = vgg.as_ref().map(|(_, p, h)| serde_json::json!({"file": p.display().to_string(), "sha256": h}));
+    let vgg = vgg.map(|(v, _, _)| v);
     let optim = OptimOptions { lr: t.lr, beta1: t.beta1, beta2: t.beta2, no_ttur: t.no_TTUR };
     let mut tr = Trainer::new(opt.clone(), loss_options(cfg)?, optim, nets, vgg, t.seed)?;
     if t.accumulate > 1 && t.batch_size % t.accumulate != 0 {
@@ -295,6 +317,7 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         "git_revision": git_revision(),
         "device": format!("{:?}", ro.device),
         "vgg_loss": !cfg.loss.no_vgg_loss,
+        "vgg_weights": vgg_info,
         "parameters_G": tr.nets.g_store.num_params(),
         "parameters_D": tr.nets.d_store.num_params(),
     });

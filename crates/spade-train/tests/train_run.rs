@@ -112,3 +112,34 @@ fn interrupted_checkpoint_write_leaves_the_previous_one_loadable() {
     assert_eq!(latest_checkpoint(dir.path()).unwrap(), ck.join("iter_00000004"));
     assert!(!ck.join(".tmp_iter_00000004").exists());
 }
+
+#[test]
+fn vgg_weights_from_a_hub_cache_are_used_and_recorded() {
+    // A hub cache laid out as hf-hub lays it out, holding random VGG19 weights.
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("hub/models--org--vgg19/snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(tmp.path().join("hub/models--org--vgg19/refs")).unwrap();
+    std::fs::write(tmp.path().join("hub/models--org--vgg19/refs/main"), "0123abcd").unwrap();
+    let store = spade_models::ParamStore::fresh(9, candle_core::DType::F32, &Device::Cpu);
+    spade_models::loss::Vgg19::new(&store.root()).unwrap();
+    spade_io::checkpoint::save_safetensors(&snap.join("model.safetensors"), &store.state_dict()).unwrap();
+    std::env::set_var("HF_HOME", tmp.path());
+    let cfg = ExperimentConfig::from_yaml(
+        TINY,
+        &["loss.no_vgg_loss=false".into(), "loss.vgg_weights_hub=org/vgg19:model.safetensors".into()],
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    train(&cfg, &opts(&run, false, 1)).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["vgg_loss"], true);
+    assert_eq!(info["vgg_weights"]["sha256"].as_str().unwrap().len(), 64);
+    let log = std::fs::read_to_string(run.join("losses.jsonl")).unwrap();
+    assert!(log.contains("\"VGG\""), "{log}");
+    // Without weights and without saying no_vgg_loss, training refuses to start.
+    let bare = ExperimentConfig::from_yaml(TINY, &["loss.no_vgg_loss=false".into()]).unwrap();
+    let e = train(&bare, &opts(&tmp.path().join("run2"), false, 1)).unwrap_err().to_string();
+    assert!(e.contains("loss.no_vgg_loss: true"), "{e}");
+}
