@@ -21,13 +21,15 @@ enum Command {
     FetchWeights(fetch_weights::Args),
     /// Time one training iteration of the bench's mini configuration.
     Bench(bench::Args),
+    /// Run an ablation file (a table whose rows are a grid of overrides): same outputs.
+    Ablation(reproduce::Args),
     /// Rebuild reports/<table>.md and .csv from the runs on disk.
     Report(report::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Reproduce(a) => reproduce::run(a),
+        Command::Reproduce(a) | Command::Ablation(a) => reproduce::run(a),
         Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
         Command::FetchWeights(a) => fetch_weights::run(a),

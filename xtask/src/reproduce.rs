@@ -13,7 +13,7 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Table name: experiments/<table>.yaml.
+    /// Table name (experiments/<table>.yaml) or the path of a table or ablation YAML.
     pub table: String,
     /// smoke, mini (the default) or paper.
     #[arg(long, default_value = "mini")]
@@ -43,7 +43,43 @@ pub struct TableFile {
     pub paper_note: String,
     pub base: serde_yaml_ng::Value,
     pub profiles: BTreeMap<String, Profile>,
+    #[serde(default)]
     pub rows: Vec<Row>,
+    /// Ablations: every combination of these overrides becomes a row (after `rows`).
+    #[serde(default)]
+    pub grid: BTreeMap<String, Vec<serde_yaml_ng::Value>>,
+}
+
+impl TableFile {
+    /// Adds one row per combination of the `grid` values.
+    fn expand_grid(&mut self) {
+        let mut combos: Vec<Vec<(String, String)>> = vec![vec![]];
+        for (key, values) in &self.grid {
+            let vals: Vec<String> =
+                values.iter().map(|v| serde_yaml_ng::to_string(v).unwrap_or_default().trim().to_string()).collect();
+            combos = combos
+                .into_iter()
+                .flat_map(|c| vals.iter().map(move |v| [c.clone(), vec![(key.clone(), v.clone())]].concat()))
+                .collect();
+        }
+        if self.grid.is_empty() {
+            return;
+        }
+        for c in combos {
+            let id = c
+                .iter()
+                .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
+                .collect::<Vec<_>>()
+                .join(",");
+            self.rows.push(Row {
+                id: id.replace(['/', ' '], "_"),
+                method: id.clone(),
+                paper: BTreeMap::new(),
+                set: c.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                compact: false,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,10 +109,21 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// `experiments/<name>.yaml`, or a path to a table or ablation file.
 pub fn load_table(name: &str) -> Result<TableFile> {
-    let path = workspace_root().join("experiments").join(format!("{name}.yaml"));
+    let path = if name.ends_with(".yaml") || name.ends_with(".yml") {
+        PathBuf::from(name)
+    } else {
+        workspace_root().join("experiments").join(format!("{name}.yaml"))
+    };
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the table", path.display()))?;
-    serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not a table file", path.display()))
+    let mut t: TableFile =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not a table file", path.display()))?;
+    t.expand_grid();
+    if t.rows.is_empty() {
+        bail!("{}: no rows and no grid", path.display());
+    }
+    Ok(t)
 }
 
 /// The resolved experiment of one row under a profile and dataset.
