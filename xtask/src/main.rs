@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fetch_weights;
+mod plots;
 mod report;
 mod reproduce;
 

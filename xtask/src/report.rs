@@ -63,6 +63,7 @@ pub fn build(t: &TableFile, profile: &str) -> Result<()> {
     writeln!(md, "# {}\n", t.title)?;
     let mut table = String::from("| method | #param (measured) | #param (paper) | mIoU generated | accuracy | mIoU (don't-care counted) | segmenter on real images: mIoU | FID | paper mIoU COCO* | iterations | train time |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut curves = String::new();
+    let mut plot_rows = Vec::new();
     for row in &t.rows {
         let dir = runs.join(&row.id);
         if !dir.join("row.json").is_file() {
@@ -150,6 +151,12 @@ pub fn build(t: &TableFile, profile: &str) -> Result<()> {
         if let Some(x) = gen["mIoU"].as_f64() {
             measured.push((row.id.clone(), x));
         }
+        plot_rows.push(crate::plots::PlotRow {
+            id: row.id.clone(),
+            measured: gen["mIoU"].as_f64().map(|x| 100.0 * x),
+            paper: row.paper.get("coco").and_then(|v| v.as_f64()),
+            dir: dir.clone(),
+        });
         writeln!(
             curves,
             "- {}: {} (samples: `runs/{}/{}/eval_samples/grid.png`)",
@@ -170,6 +177,17 @@ pub fn build(t: &TableFile, profile: &str) -> Result<()> {
     writeln!(md, "## Final losses (mean of the last 10% of iterations)\n\n{curves}")?;
     let out = root.join("reports");
     std::fs::create_dir_all(&out)?;
+    let plots = crate::plots::write_all(&out, &stem, &t.metric, &plot_rows)?;
+    if !plots.is_empty() {
+        writeln!(md, "## Plots\n")?;
+        for p in &plots {
+            let name = p.file_name().unwrap().to_string_lossy();
+            if name.ends_with(".png") {
+                writeln!(md, "![{name}]({name})\n")?;
+            }
+        }
+        writeln!(md, "`{stem}_samples.png`: the validation labels, then one column per row in table order, then the real images.\n")?;
+    }
     std::fs::write(out.join(format!("{stem}.md")), md)?;
     std::fs::write(out.join(format!("{stem}.csv")), csv)?;
     eprintln!("wrote reports/{stem}.md and reports/{stem}.csv");
