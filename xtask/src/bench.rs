@@ -3,7 +3,7 @@
 //! instances, random weights), with and without the VGG loss, after a warm-up iteration.
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use spade_models::loss::{GanMode, Vgg19};
+use spade_models::loss::Vgg19;
 use spade_models::{NetOptions, ParamStore, SemanticsSpec};
 use spade_train::trainer::{LossOptions, Nets, OptimOptions, Trainer};
 use std::time::Instant;
@@ -56,14 +56,7 @@ fn time_iteration(vgg: bool, iters: usize) -> Result<f64> {
     } else {
         None
     };
-    let loss = LossOptions {
-        gan_mode: GanMode::Hinge,
-        lambda_feat: 10.0,
-        lambda_vgg: 10.0,
-        lambda_kld: 0.05,
-        no_gan_feat_loss: false,
-    };
-    let optim = OptimOptions { lr: 2e-4, beta1: 0.0, beta2: 0.9, no_ttur: false };
+    let (loss, optim) = (LossOptions::default(), OptimOptions::default());
     let mut tr = Trainer::new(opt.clone(), loss, optim, nets, vgg, 0)?;
     let (sem, real) = inputs(&opt, 4, &dev)?;
     tr.generator_step(&sem, &real)?;

@@ -45,6 +45,8 @@ pub struct ModelConfig {
     pub norm_D: String,
     pub norm_E: String,
     pub use_vae: bool,
+    /// With use_vae: train without the style encoder, z ~ N(0, 1) (Table 4's noise input).
+    pub no_encoder: bool,
     pub z_dim: usize,
     pub num_upsampling_layers: String,
     pub num_D: usize,
@@ -67,6 +69,7 @@ impl Default for ModelConfig {
             norm_D: o.norm_d,
             norm_E: o.norm_e,
             use_vae: o.use_vae,
+            no_encoder: false,
             z_dim: o.z_dim,
             num_upsampling_layers: "normal".into(),
             num_D: o.num_d,

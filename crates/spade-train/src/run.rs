@@ -288,7 +288,7 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let opt: NetOptions = cfg.net_options()?;
     let spec = SemanticsSpec::from(&opt);
     let t = &cfg.train;
-    let nets = Nets::fresh(&opt, t.seed, &ro.device)?;
+    let nets = Nets::fresh_with(&opt, t.seed, &ro.device, !cfg.model.no_encoder)?;
     let vgg = load_vgg(cfg, &ro.device)?;
     let vgg_info = vgg.as_ref().map(|(_, p, h)| serde_json::json!({"file": p.display().to_string(), "sha256": h}));
     let vgg = vgg.map(|(v, _, _)| v);

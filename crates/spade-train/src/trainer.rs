@@ -19,6 +19,19 @@ pub struct LossOptions {
     pub no_gan_feat_loss: bool,
 }
 
+impl Default for LossOptions {
+    /// The reference's defaults: hinge, lambda_feat 10, lambda_vgg 10, lambda_kld 0.05.
+    fn default() -> Self {
+        Self {
+            gan_mode: GanMode::Hinge,
+            lambda_feat: 10.0,
+            lambda_vgg: 10.0,
+            lambda_kld: 0.05,
+            no_gan_feat_loss: false,
+        }
+    }
+}
+
 /// Optimiser settings (the reference's flags).
 #[derive(Debug, Clone, Copy)]
 pub struct OptimOptions {
@@ -26,6 +39,13 @@ pub struct OptimOptions {
     pub beta1: f64,
     pub beta2: f64,
     pub no_ttur: bool,
+}
+
+impl Default for OptimOptions {
+    /// The reference's defaults: lr 2e-4, betas (0, 0.9), TTUR.
+    fn default() -> Self {
+        Self { lr: 2e-4, beta1: 0.0, beta2: 0.9, no_ttur: false }
+    }
 }
 
 impl OptimOptions {
@@ -50,12 +70,18 @@ pub struct Nets {
 
 impl Nets {
     /// Fresh networks, initialised as the reference (xavier, gain init_variance) from `seed`.
+    /// With use_vae the style encoder is built too; `with_encoder: false` instead feeds the
+    /// generator z ~ N(0, 1) (the paper's Table 4 "noise input" generator).
     pub fn fresh(opt: &NetOptions, seed: u64, device: &Device) -> spade_models::Result<Self> {
+        Self::fresh_with(opt, seed, device, true)
+    }
+
+    pub fn fresh_with(opt: &NetOptions, seed: u64, device: &Device, with_encoder: bool) -> spade_models::Result<Self> {
         let g_store = ParamStore::fresh(seed, DType::F32, device);
         let g = Generator::new(opt, &g_store.root())?;
         let d_store = ParamStore::fresh(seed.wrapping_add(1), DType::F32, device);
         let d = MultiscaleDiscriminator::new(opt, &d_store.root())?;
-        let e = if opt.use_vae {
+        let e = if opt.use_vae && with_encoder {
             let s = ParamStore::fresh(seed.wrapping_add(2), DType::F32, device);
             Some((ConvEncoder::new(opt, &s.root())?, s))
         } else {

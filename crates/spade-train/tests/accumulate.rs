@@ -1,7 +1,6 @@
 //! Gradient accumulation: with per-sample networks (instance norms, no spectral norm), the
 //! gradients of a batch run as two micro-batches equal those of the whole batch.
 use candle_core::{DType, Device, Tensor};
-use spade_models::loss::GanMode;
 use spade_models::{NetOptions, SemanticsSpec};
 use spade_train::trainer::{LossOptions, Nets, OptimOptions, Trainer};
 
@@ -18,14 +17,7 @@ fn trainer(accumulate: usize) -> Trainer {
         ..Default::default()
     };
     let nets = Nets::fresh(&opt, 11, &Device::Cpu).unwrap();
-    let loss = LossOptions {
-        gan_mode: GanMode::Hinge,
-        lambda_feat: 10.0,
-        lambda_vgg: 10.0,
-        lambda_kld: 0.05,
-        no_gan_feat_loss: false,
-    };
-    let optim = OptimOptions { lr: 2e-4, beta1: 0.0, beta2: 0.9, no_ttur: false };
+    let (loss, optim) = (LossOptions::default(), OptimOptions::default());
     let mut tr = Trainer::new(opt, loss, optim, nets, None, 0).unwrap();
     tr.accumulate = accumulate;
     tr

@@ -143,3 +143,19 @@ fn vgg_weights_from_a_hub_cache_are_used_and_recorded() {
     let e = train(&bare, &opts(&tmp.path().join("run2"), false, 1)).unwrap_err().to_string();
     assert!(e.contains("loss.no_vgg_loss: true"), "{e}");
 }
+
+#[test]
+fn noise_input_generator_trains_without_an_encoder() {
+    // Table 4's "noise" input: z ~ N(0, 1) through fc, no style encoder (so any crop size).
+    let cfg =
+        ExperimentConfig::from_yaml(TINY, &["model.use_vae=true".into(), "model.no_encoder=true".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    train(&cfg, &opts(dir.path(), false, 1)).unwrap();
+    let ck = latest_checkpoint(dir.path()).unwrap();
+    assert!(!ck.join("latest_net_E.safetensors").exists());
+    let g = spade_io::checkpoint::load_state_dict(&ck.join("latest_net_G.safetensors")).unwrap();
+    let fc = g.iter().find(|(k, _)| k == "fc.weight").unwrap();
+    assert_eq!(fc.1.dims(), &[16 * 4, 256], "fc is Linear(z_dim -> 16 ngf * 1 * 1)");
+    let log = std::fs::read_to_string(dir.path().join("losses.jsonl")).unwrap();
+    assert!(!log.contains("KLD"), "no encoder, no KLD: {log}");
+}
