@@ -124,3 +124,37 @@ fn label_value_out_of_range_names_file_and_value() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("bad.png: label value 9 at (x=3, y=0) is outside the valid range 0..=3 or 255"), "{err}");
 }
+
+#[test]
+fn synthesizes_from_a_training_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = d.join("tiny.yaml");
+    std::fs::write(
+        &cfg,
+        "data: {dataset_mode: synthetic, load_size: 32, crop_size: 32, synthetic_count: 8}\n\
+         model: {ngf: 2, ndf: 2, n_layers_D: 2}\nloss: {no_vgg_loss: true}\n\
+         train: {batch_size: 2, niter: 1, max_iters: 1, seed: 0}\n",
+    )
+    .unwrap();
+    let run = d.join("run");
+    let o = spade(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The synthetic dataset: 14 classes, no don't-care, instance maps.
+    write_gray(&d.join("l.png"), 32, 32, |x, y| ((x / 8 + y / 8) % 14) as u8);
+    write_gray(&d.join("i.png"), 32, 32, |x, _| (x / 16) as u8);
+    let out = d.join("out");
+    let o = spade(&[
+        "synthesize",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--label",
+        d.join("l.png").to_str().unwrap(),
+        "--instance",
+        d.join("i.png").to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(image::open(out.join("l.png")).unwrap().to_rgb8().dimensions(), (32, 32));
+}
