@@ -9,7 +9,7 @@ use spade_metrics::segmentation::Segmenter;
 use spade_models::layers::conv::{Conv2d, ConvSpec};
 use spade_models::layers::ops::upsample2x;
 use spade_models::ParamStore;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Training settings of the synthetic segmenter (part of its cache key).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -177,9 +177,4 @@ impl Segmenter for SyntheticSegmenter {
         let x = ((images * 2.0)? - 1.0)?;
         Ok(self.logits(&x)?.argmax(1)?.to_dtype(DType::U32)?)
     }
-}
-
-/// Where cached evaluation networks live: `$SPADE_CACHE`, else `<workspace>/runs/cache`.
-pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("SPADE_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("runs/cache"))
 }
