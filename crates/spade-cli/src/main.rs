@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 mod dataset;
+mod evaluate;
 mod fid;
 mod synthesize;
 mod train;
@@ -19,6 +20,8 @@ enum Command {
     Synthesize(synthesize::Args),
     /// Train a model from an experiment YAML.
     Train(train::Args),
+    /// Score a training run: segmentation metrics (mIoU, accuracy) and FID into metrics.json.
+    Evaluate(evaluate::Args),
     /// Check a dataset on disk, or export the built-in synthetic dataset.
     Dataset(dataset::Args),
     /// FID between two image folders or statistics .npz files, as pytorch-fid computes it.
@@ -30,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Synthesize(args) => synthesize::run(args),
         Command::Train(args) => train::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Dataset(args) => dataset::run(args),
         Command::Fid(args) => fid::run(args),
     }

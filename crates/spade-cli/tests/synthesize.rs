@@ -157,4 +157,15 @@ fn synthesizes_from_a_training_run_directory() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(image::open(out.join("l.png")).unwrap().to_rgb8().dimensions(), (32, 32));
+
+    // `spade evaluate` on the same run, without a segmenter or Inception weights: the values it
+    // cannot compute are reported as unavailable, not replaced.
+    let o = spade(&["evaluate", "--run", run.to_str().unwrap(), "--segmenter", "none", "--num-samples", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["samples"], 4);
+    assert!(m["fid"]["value"].is_null() && m["fid"]["unavailable"].as_str().unwrap().contains("Inception"));
+    assert!(m["segmentation"]["unavailable"].is_string());
+    assert!(m["l1_generated_vs_real"].as_f64().unwrap() > 0.0);
 }
