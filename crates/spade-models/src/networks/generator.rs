@@ -15,15 +15,73 @@ enum Input {
     Segmap(Conv2d),
 }
 
+/// A residual block conditioned on the full-resolution semantic map.
+pub trait SegBlock {
+    fn forward_t(&self, x: &Tensor, seg: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+}
+
+impl SegBlock for SpadeResBlk {
+    fn forward_t(&self, x: &Tensor, seg: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        SpadeResBlk::forward_t(self, x, seg, train)
+    }
+}
+
+/// The SPADE generator's decoder after `fc`: head_0, up, G_middle_0, [up], G_middle_1, then
+/// up + up_0..up_3 [+ up_4 with `most`], and conv_img(lrelu(x)), tanh. Shared by the SPADE
+/// generator and the decoder w/ Concat, which differ only in the block type `B`.
+#[derive(Debug, Clone)]
+pub struct DecoderTrunk<B> {
+    head_0: B,
+    g_middle_0: B,
+    g_middle_1: B,
+    ups: Vec<B>,
+    conv_img: Conv2d,
+    upsampling: Upsampling,
+}
+
+impl<B: SegBlock> DecoderTrunk<B> {
+    /// `block(name, fin, fout)` builds the block stored under `name`.
+    pub fn new(opt: &NetOptions, vb: &Vb, block: impl Fn(&str, usize, usize) -> Result<B>) -> Result<Self> {
+        let nf = opt.ngf;
+        let head_0 = block("head_0", 16 * nf, 16 * nf)?;
+        let g_middle_0 = block("G_middle_0", 16 * nf, 16 * nf)?;
+        let g_middle_1 = block("G_middle_1", 16 * nf, 16 * nf)?;
+        let mut ups = vec![
+            block("up_0", 16 * nf, 8 * nf)?,
+            block("up_1", 8 * nf, 4 * nf)?,
+            block("up_2", 4 * nf, 2 * nf)?,
+            block("up_3", 2 * nf, nf)?,
+        ];
+        let mut final_nc = nf;
+        if opt.num_upsampling_layers == Upsampling::Most {
+            ups.push(block("up_4", nf, nf / 2)?);
+            final_nc = nf / 2;
+        }
+        let conv_img = Conv2d::new(&vb.pp("conv_img"), ConvSpec::new(final_nc, 3, 3), opt.init_variance)?;
+        Ok(Self { head_0, g_middle_0, g_middle_1, ups, conv_img, upsampling: opt.num_upsampling_layers })
+    }
+
+    /// From the latent map `x` (N, 16nf, sh, sw) to the image (N, 3, H, W) in [-1, 1].
+    pub fn forward_t(&self, x: &Tensor, seg: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut x = self.head_0.forward_t(x, seg, train)?;
+        x = upsample2x(&x)?;
+        x = self.g_middle_0.forward_t(&x, seg, train)?;
+        if self.upsampling != Upsampling::Normal {
+            x = upsample2x(&x)?;
+        }
+        x = self.g_middle_1.forward_t(&x, seg, train)?;
+        for up in &self.ups {
+            x = upsample2x(&x)?;
+            x = up.forward_t(&x, seg, train)?;
+        }
+        self.conv_img.forward_t(&leaky_relu(&x, 0.2)?, train)?.tanh()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SpadeGenerator {
     fc: Input,
-    head_0: SpadeResBlk,
-    g_middle_0: SpadeResBlk,
-    g_middle_1: SpadeResBlk,
-    ups: Vec<SpadeResBlk>,
-    conv_img: Conv2d,
-    upsampling: Upsampling,
+    trunk: DecoderTrunk<SpadeResBlk>,
     nf: usize,
     sh: usize,
     sw: usize,
@@ -43,35 +101,9 @@ impl SpadeGenerator {
         } else {
             Input::Segmap(Conv2d::new(&vb.pp("fc"), ConvSpec::new(snc, 16 * nf, 3), gain)?)
         };
-        let blk = |name: &str, fin: usize, fout: usize| SpadeResBlk::new(&vb.pp(name), fin, fout, norm, snc, gain);
-        let head_0 = blk("head_0", 16 * nf, 16 * nf)?;
-        let g_middle_0 = blk("G_middle_0", 16 * nf, 16 * nf)?;
-        let g_middle_1 = blk("G_middle_1", 16 * nf, 16 * nf)?;
-        let mut ups = vec![
-            blk("up_0", 16 * nf, 8 * nf)?,
-            blk("up_1", 8 * nf, 4 * nf)?,
-            blk("up_2", 4 * nf, 2 * nf)?,
-            blk("up_3", 2 * nf, nf)?,
-        ];
-        let mut final_nc = nf;
-        if opt.num_upsampling_layers == Upsampling::Most {
-            ups.push(blk("up_4", nf, nf / 2)?);
-            final_nc = nf / 2;
-        }
-        let conv_img = Conv2d::new(&vb.pp("conv_img"), ConvSpec::new(final_nc, 3, 3), gain)?;
-        Ok(Self {
-            fc,
-            head_0,
-            g_middle_0,
-            g_middle_1,
-            ups,
-            conv_img,
-            upsampling: opt.num_upsampling_layers,
-            nf,
-            sh,
-            sw,
-            z_dim: opt.z_dim,
-        })
+        let trunk =
+            DecoderTrunk::new(opt, vb, |name, fin, fout| SpadeResBlk::new(&vb.pp(name), fin, fout, norm, snc, gain))?;
+        Ok(Self { fc, trunk, nf, sh, sw, z_dim: opt.z_dim })
     }
 
     pub fn uses_z(&self) -> bool {
@@ -86,7 +118,7 @@ impl SpadeGenerator {
     /// (drawn from N(0, 1) when None). Returns (N, 3, H, W) in [-1, 1].
     pub fn forward_t(&self, seg: &Tensor, z: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
         let n = seg.dim(0)?;
-        let mut x = match &self.fc {
+        let x = match &self.fc {
             Input::Z(fc) => {
                 let z = match z {
                     Some(z) => z.clone(),
@@ -96,18 +128,7 @@ impl SpadeGenerator {
             }
             Input::Segmap(fc) => fc.forward_t(&resize_nearest(seg, self.sh, self.sw)?, train)?,
         };
-        x = self.head_0.forward_t(&x, seg, train)?;
-        x = upsample2x(&x)?;
-        x = self.g_middle_0.forward_t(&x, seg, train)?;
-        if self.upsampling != Upsampling::Normal {
-            x = upsample2x(&x)?;
-        }
-        x = self.g_middle_1.forward_t(&x, seg, train)?;
-        for up in &self.ups {
-            x = upsample2x(&x)?;
-            x = up.forward_t(&x, seg, train)?;
-        }
-        self.conv_img.forward_t(&leaky_relu(&x, 0.2)?, train)?.tanh()
+        self.trunk.forward_t(&x, seg, train)
     }
 }
 

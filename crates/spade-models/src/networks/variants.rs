@@ -22,9 +22,10 @@
 use crate::error::{Error, Result};
 use crate::layers::conv::{Conv2d, ConvSpec, ConvTranspose2d, NormConv};
 use crate::layers::norm::Norm;
-use crate::layers::ops::{leaky_relu, reflection_pad2d, resize_nearest, upsample2x};
+use crate::layers::ops::{leaky_relu, reflection_pad2d, resize_nearest};
 use crate::layers::spade::Spade;
-use crate::options::{ConvNorm, GeneratorKind, NetOptions, SpadeNorm, Upsampling};
+use crate::networks::generator::{DecoderTrunk, SegBlock};
+use crate::options::{ConvNorm, GeneratorKind, NetOptions, SpadeNorm};
 use crate::store::Vb;
 use candle_core::Tensor;
 
@@ -51,6 +52,12 @@ pub struct ConcatResBlk {
     norm_0: Norm,
     norm_1: Norm,
     norm_s: Option<Norm>,
+}
+
+impl SegBlock for ConcatResBlk {
+    fn forward_t(&self, x: &Tensor, seg: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        ConcatResBlk::forward_t(self, x, seg, train)
+    }
 }
 
 impl ConcatResBlk {
@@ -94,12 +101,7 @@ impl ConcatResBlk {
 #[derive(Debug, Clone)]
 pub struct SpadeConcatGenerator {
     fc: Conv2d,
-    head_0: ConcatResBlk,
-    g_middle_0: ConcatResBlk,
-    g_middle_1: ConcatResBlk,
-    ups: Vec<ConcatResBlk>,
-    conv_img: Conv2d,
-    upsampling: Upsampling,
+    trunk: DecoderTrunk<ConcatResBlk>,
     sh: usize,
     sw: usize,
 }
@@ -116,40 +118,15 @@ impl SpadeConcatGenerator {
         let snc = opt.semantic_nc();
         let (sh, sw) = opt.latent_size();
         let fc = Conv2d::new(&vb.pp("fc"), ConvSpec::new(snc, 16 * nf, 3), gain)?;
-        let blk = |name: &str, fin: usize, fout: usize| ConcatResBlk::new(&vb.pp(name), fin, fout, norm, snc, gain);
-        let head_0 = blk("head_0", 16 * nf, 16 * nf)?;
-        let g_middle_0 = blk("G_middle_0", 16 * nf, 16 * nf)?;
-        let g_middle_1 = blk("G_middle_1", 16 * nf, 16 * nf)?;
-        let mut ups = vec![
-            blk("up_0", 16 * nf, 8 * nf)?,
-            blk("up_1", 8 * nf, 4 * nf)?,
-            blk("up_2", 4 * nf, 2 * nf)?,
-            blk("up_3", 2 * nf, nf)?,
-        ];
-        let mut final_nc = nf;
-        if opt.num_upsampling_layers == Upsampling::Most {
-            ups.push(blk("up_4", nf, nf / 2)?);
-            final_nc = nf / 2;
-        }
-        let conv_img = Conv2d::new(&vb.pp("conv_img"), ConvSpec::new(final_nc, 3, 3), gain)?;
-        Ok(Self { fc, head_0, g_middle_0, g_middle_1, ups, conv_img, upsampling: opt.num_upsampling_layers, sh, sw })
+        let trunk =
+            DecoderTrunk::new(opt, vb, |name, fin, fout| ConcatResBlk::new(&vb.pp(name), fin, fout, norm, snc, gain))?;
+        Ok(Self { fc, trunk, sh, sw })
     }
 
     /// `seg`: (N, semantic_nc, H, W). Returns (N, 3, H, W) in [-1, 1].
     pub fn forward_t(&self, seg: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut x = self.fc.forward_t(&resize_nearest(seg, self.sh, self.sw)?, train)?;
-        x = self.head_0.forward_t(&x, seg, train)?;
-        x = upsample2x(&x)?;
-        x = self.g_middle_0.forward_t(&x, seg, train)?;
-        if self.upsampling != Upsampling::Normal {
-            x = upsample2x(&x)?;
-        }
-        x = self.g_middle_1.forward_t(&x, seg, train)?;
-        for up in &self.ups {
-            x = upsample2x(&x)?;
-            x = up.forward_t(&x, seg, train)?;
-        }
-        self.conv_img.forward_t(&leaky_relu(&x, 0.2)?, train)?.tanh()
+        let x = self.fc.forward_t(&resize_nearest(seg, self.sh, self.sw)?, train)?;
+        self.trunk.forward_t(&x, seg, train)
     }
 }
 
