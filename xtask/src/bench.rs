@@ -1,6 +1,12 @@
-//! `cargo xtask bench [--json]`: seconds per training iteration of the "mini" configuration of
-//! `../shared/bench/README.md` (128x128, ngf 16, ndf 16, batch 4, label_nc 20 + don't-care +
-//! instances, random weights), with and without the VGG loss, after a warm-up iteration.
+//! `cargo xtask bench [--json] [--only KEYS]`: every configuration of `../shared/bench/README.md`,
+//! after a warm-up run each, random weights:
+//! - `train_mini_no_vgg_s`, `train_mini_vgg_s`: one training iteration (G step + D step) at
+//!   128x128, ngf 16, ndf 16, batch 4, label_nc 20 + don't-care + instances;
+//! - `infer_paper_coco_s`: the paper-size COCO-Stuff generator (ngf 64, 256x256, 182 classes +
+//!   don't-care + instances, batch 1), one inference;
+//! - `resblock_fwd_s`, `resblock_fwdbwd_s`: one SPADE ResBlk(128, 128) on 4x128x64x64 with 36
+//!   label channels, batch-norm SPADE, training mode;
+//! - `peak_rss_mb`: the process's peak resident memory after the training iterations.
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use spade_models::loss::Vgg19;
@@ -16,7 +22,13 @@ pub struct Args {
     /// Timed iterations per configuration (after one warm-up).
     #[arg(long, default_value_t = 2)]
     pub iters: usize,
+    /// Comma-separated keys to measure (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
+
+const KEYS: [&str; 5] =
+    ["train_mini_no_vgg_s", "train_mini_vgg_s", "infer_paper_coco_s", "resblock_fwd_s", "resblock_fwdbwd_s"];
 
 fn mini_options() -> NetOptions {
     NetOptions {
@@ -30,7 +42,8 @@ fn mini_options() -> NetOptions {
     }
 }
 
-/// Random labels, instances and images of the bench's shape (seeded).
+/// Random labels, instances and images of the bench's shape (seeded), as the reference script
+/// draws them (uniform labels, instance ids 0..5).
 fn inputs(opt: &NetOptions, n: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -69,18 +82,110 @@ fn time_iteration(vgg: bool, iters: usize) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() / iters as f64)
 }
 
+/// One inference of the paper-size COCO-Stuff generator (eval mode, batch 1).
+fn time_inference(iters: usize) -> Result<f64> {
+    let dev = Device::Cpu;
+    let opt = NetOptions {
+        label_nc: 182,
+        contain_dontcare_label: true,
+        no_instance: false,
+        ngf: 64,
+        crop_size: 256,
+        ..Default::default()
+    };
+    let store = ParamStore::fresh(0, DType::F32, &dev);
+    let g = spade_models::checkpoint::Generator::new(&opt, &store.root())?;
+    let (sem, _) = inputs(&opt, 1, &dev)?;
+    g.forward_t(&sem, None, false)?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        g.forward_t(&sem, None, false)?;
+    }
+    Ok(t.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// One SPADE ResBlk(128, 128), 4x128x64x64, 36 label channels, training mode; forward only or
+/// forward + backward of the sum of the output.
+fn time_resblock(backward: bool, iters: usize) -> Result<f64> {
+    use rand::{Rng, SeedableRng};
+    let dev = Device::Cpu;
+    let store = ParamStore::fresh(0, DType::F32, &dev);
+    let norm = spade_models::options::SpadeNorm::parse("spectralspadesyncbatch3x3")?;
+    let blk = spade_models::layers::spade::SpadeResBlk::new(&store.root(), 128, 128, norm, 36, 0.02)?;
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (4, 128, 64, 64), &dev)?)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let ids: Vec<u32> = (0..4 * 64 * 64).map(|_| rng.gen_range(0..36)).collect();
+    let ids = Tensor::from_vec(ids, (4, 1, 64, 64), &dev)?;
+    let seg = ids.broadcast_eq(&Tensor::arange(0u32, 36, &dev)?.reshape((1, 36, 1, 1))?)?.to_dtype(DType::F32)?;
+    let step = || -> Result<()> {
+        let y = blk.forward_t(x.as_tensor(), &seg, true)?;
+        if backward {
+            y.sum_all()?.backward()?;
+        }
+        Ok(())
+    };
+    step()?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        step()?;
+    }
+    Ok(t.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let no_vgg = time_iteration(false, args.iters)?;
-    let with_vgg = time_iteration(true, args.iters)?;
+    for k in &args.only {
+        anyhow::ensure!(KEYS.contains(&k.as_str()), "--only {k}: expected one of {}", KEYS.join(", "));
+    }
+    let want = |k: &str| args.only.is_empty() || args.only.iter().any(|o| o == k);
+    let mut out = serde_json::Map::new();
+    // The training iterations first, so that the peak memory is theirs.
+    for key in KEYS {
+        if !want(key) {
+            continue;
+        }
+        let secs = match key {
+            "train_mini_no_vgg_s" => time_iteration(false, args.iters)?,
+            "train_mini_vgg_s" => time_iteration(true, args.iters)?,
+            "infer_paper_coco_s" => time_inference(args.iters)?,
+            "resblock_fwd_s" => time_resblock(false, args.iters)?,
+            _ => time_resblock(true, args.iters)?,
+        };
+        if !args.json {
+            println!("{key}: {secs:.3} s");
+            for (name, t, calls) in spade_models::kernels::profile::take() {
+                println!(
+                    "    {name}: {:.3} s per iteration ({} calls)",
+                    t / (args.iters + 1) as f64,
+                    calls / (args.iters as u64 + 1)
+                );
+            }
+        }
+        out.insert(key.into(), secs.into());
+        if key == "train_mini_vgg_s" || (key == "train_mini_no_vgg_s" && !want("train_mini_vgg_s")) {
+            if let Some(mb) = peak_rss_mb() {
+                out.insert("peak_rss_mb".into(), mb.into());
+            }
+        }
+    }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    out.insert("rayon_num_threads".into(), threads.clone().into());
+    out.insert("avx512_gemm".into(), spade_models::kernels::gemm::use_avx512().into());
+    out.insert("fast_kernels".into(), std::env::var("SPADE_STOCK_OPS").map_or(true, |v| v != "1").into());
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"train_mini_no_vgg_s": no_vgg, "train_mini_vgg_s": with_vgg, "rayon_num_threads": threads})
-        );
+        println!("{}", serde_json::Value::Object(out));
     } else {
-        println!("train mini (128x128, ngf 16, ndf 16, batch 4), no VGG: {no_vgg:.2} s/iteration");
-        println!("train mini, with VGG: {with_vgg:.2} s/iteration (RAYON_NUM_THREADS={threads})");
+        if let Some(mb) = out.get("peak_rss_mb") {
+            println!("peak_rss_mb (training iterations): {mb:.0}");
+        }
+        println!("(RAYON_NUM_THREADS={threads})");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 use super::norm::Norm;
 use super::spectral::SpectralNorm;
 use crate::error::Result;
+use crate::kernels;
 use crate::options::{ConvNorm, NormType};
 use crate::store::{Init, Vb};
 use candle_core::Tensor;
@@ -93,11 +94,7 @@ impl Conv2d {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let w = self.weight.get(train)?;
-        let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        kernels::conv::conv2d(x, &w, self.bias.as_ref(), self.stride, self.padding)
     }
 
     pub fn spectral(&self) -> Option<&SpectralNorm> {
@@ -136,11 +133,7 @@ impl ConvTranspose2d {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let w = self.weight.get(train)?;
-        let y = x.conv_transpose2d(&w, self.padding, self.output_padding, self.stride, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        kernels::conv::conv_transpose2d(x, &w, self.bias.as_ref(), self.stride, self.padding, self.output_padding)
     }
 }
 
@@ -209,5 +202,14 @@ impl NormConv {
             AnyConv::Transposed(c) => c.forward_t(x, train)?,
         };
         self.norm.forward_t(&y, train)
+    }
+
+    /// `leaky_relu(self.forward_t(x), slope)`, with the norm and activation fused.
+    pub fn forward_act(&self, x: &Tensor, slope: f64, train: bool) -> candle_core::Result<Tensor> {
+        let y = match &self.conv {
+            AnyConv::Conv(c) => c.forward_t(x, train)?,
+            AnyConv::Transposed(c) => c.forward_t(x, train)?,
+        };
+        self.norm.forward_act(&y, slope, train)
     }
 }

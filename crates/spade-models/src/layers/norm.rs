@@ -1,7 +1,8 @@
 //! Normalisation layers: batch norm (affine or param-free, training and running statistics)
 //! and instance norm.
-use super::ops::mean_var;
 use crate::error::Result;
+use crate::kernels::norm::{norm_modulate_act, NormStats};
+use crate::kernels::pointwise::leaky_relu;
 use crate::options::NormType;
 use crate::store::{Init, Vb};
 use candle_core::{DType, Tensor, Var};
@@ -36,28 +37,42 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = self.normalize(x, None, 1.0, train)?;
+        affine(y, self.weight.as_ref(), self.bias.as_ref())
+    }
+
+    /// `act(x̂ * (1 + gamma) + beta)` without the affine parameters (SPADE's param-free norm):
+    /// batch statistics in training (updating the running ones), running statistics otherwise.
+    pub fn normalize(
+        &self,
+        x: &Tensor,
+        gamma_beta: Option<(&Tensor, &Tensor)>,
+        slope: f64,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let c = x.dim(1)?;
-        let (mean, var) = if train {
-            let (mean, var) = mean_var(x, &[0, 2, 3])?;
+        let stats = if train {
+            NormStats::Batch
+        } else {
+            NormStats::Fixed {
+                mean: self.running_mean.as_tensor().to_dtype(DType::F32)?.to_vec1()?,
+                var: self.running_var.as_tensor().to_dtype(DType::F32)?.to_vec1()?,
+            }
+        };
+        let (y, batch) = norm_modulate_act(x, stats, EPS, gamma_beta, slope)?;
+        if let Some((mean, var)) = batch {
             let n = x.elem_count() / c;
-            let unbiased = (var.detach() * (n as f64 / (n as f64 - 1.0).max(1.0)))?;
+            let dt = self.running_mean.dtype();
+            let unbiased = (var.to_dtype(dt)? * (n as f64 / (n as f64 - 1.0).max(1.0)))?;
             let m = MOMENTUM;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased.flatten_all()? * m)?)?;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.to_dtype(dt)? * m)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
             self.running_mean.set(&rm)?;
             self.running_var.set(&rv)?;
             let t = (self.num_batches_tracked.as_tensor() + 1.0)?;
             self.num_batches_tracked.set(&t)?;
-            (mean, var)
-        } else {
-            let shape = (1, c, 1, 1);
-            (
-                self.running_mean.as_tensor().detach().reshape(shape)?,
-                self.running_var.as_tensor().detach().reshape(shape)?,
-            )
-        };
-        let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + EPS)?.sqrt()?)?;
-        affine(y, self.weight.as_ref(), self.bias.as_ref())
+        }
+        Ok(y)
     }
 }
 
@@ -74,8 +89,7 @@ fn affine(y: Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> candle_core::Res
 
 /// `nn.InstanceNorm2d(c, affine=False)`: per sample and channel over H, W, biased variance.
 pub fn instance_norm(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (mean, var) = mean_var(x, &[2, 3])?;
-    x.broadcast_sub(&mean)?.broadcast_div(&(var + EPS)?.sqrt()?)
+    Ok(norm_modulate_act(x, NormStats::Instance, EPS, None, 1.0)?.0)
 }
 
 /// A normalisation chosen by a norm string: batch (affine or not), instance or none.
@@ -101,6 +115,40 @@ impl Norm {
             Norm::Batch(bn) => bn.forward_t(x, train),
             Norm::Instance => instance_norm(x),
             Norm::None => Ok(x.clone()),
+        }
+    }
+
+    /// `leaky_relu(norm(x), slope)`, fused where the norm allows it.
+    pub fn forward_act(&self, x: &Tensor, slope: f64, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Instance => Ok(norm_modulate_act(x, NormStats::Instance, EPS, None, slope)?.0),
+            Norm::Batch(bn) if bn.weight.is_none() => bn.normalize(x, None, slope, train),
+            _ => leaky_relu(&self.forward_t(x, train)?, slope),
+        }
+    }
+
+    /// `act(norm(x) * (1 + gamma) + beta)` in one fused step (SPADE's modulation, then
+    /// LeakyReLU with `slope`, 1 for none). Only for param-free norms: an affine batch norm
+    /// would apply its own scale and shift first.
+    pub fn modulate_act(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        slope: f64,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Batch(bn) if bn.weight.is_none() => bn.normalize(x, Some((gamma, beta)), slope, train),
+            Norm::Instance => Ok(norm_modulate_act(x, NormStats::Instance, EPS, Some((gamma, beta)), slope)?.0),
+            Norm::Batch(_) | Norm::None => {
+                let y = ((self.forward_t(x, train)? * (gamma + 1.0)?)? + beta)?;
+                if slope == 1.0 {
+                    Ok(y)
+                } else {
+                    leaky_relu(&y, slope)
+                }
+            }
         }
     }
 }

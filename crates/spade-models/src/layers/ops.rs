@@ -127,8 +127,7 @@ pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 
 /// LeakyReLU with the given slope.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    // max(x, slope*x) for 0 < slope < 1
-    x.maximum(&(x * slope)?)
+    crate::kernels::pointwise::leaky_relu(x, slope)
 }
 
 /// Mean over (N, H, W) or (H, W) and the biased variance, keeping dims.

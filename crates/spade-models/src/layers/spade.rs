@@ -1,7 +1,7 @@
 //! SPADE (spatially-adaptive denormalisation) and the SPADE residual block.
 use super::conv::{Conv2d, ConvSpec};
 use super::norm::Norm;
-use super::ops::{leaky_relu, resize_nearest};
+use super::ops::resize_nearest;
 use crate::error::Result;
 use crate::options::SpadeNorm;
 use crate::store::Vb;
@@ -31,13 +31,17 @@ impl Spade {
 
     /// `seg` is the full-resolution semantic map; it is resized (nearest) to x's size.
     pub fn forward_t(&self, x: &Tensor, seg: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let normalized = self.param_free_norm.forward_t(x, train)?;
+        self.forward_act(x, seg, 1.0, train)
+    }
+
+    /// `leaky_relu(SPADE(x, seg), slope)`, fused (`slope` 1: no activation).
+    pub fn forward_act(&self, x: &Tensor, seg: &Tensor, slope: f64, train: bool) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let seg = resize_nearest(seg, h, w)?;
         let actv = self.mlp_shared.forward_t(&seg, train)?.relu()?;
         let gamma = self.mlp_gamma.forward_t(&actv, train)?;
         let beta = self.mlp_beta.forward_t(&actv, train)?;
-        (normalized * (gamma + 1.0)?)? + beta
+        self.param_free_norm.modulate_act(x, &gamma, &beta, slope, train)
     }
 }
 
@@ -75,8 +79,8 @@ impl SpadeResBlk {
             (Some(conv), Some(norm)) => conv.forward_t(&norm.forward_t(x, seg, train)?, train)?,
             _ => x.clone(),
         };
-        let dx = self.conv_0.forward_t(&leaky_relu(&self.norm_0.forward_t(x, seg, train)?, 0.2)?, train)?;
-        let dx = self.conv_1.forward_t(&leaky_relu(&self.norm_1.forward_t(&dx, seg, train)?, 0.2)?, train)?;
+        let dx = self.conv_0.forward_t(&self.norm_0.forward_act(x, seg, 0.2, train)?, train)?;
+        let dx = self.conv_1.forward_t(&self.norm_1.forward_act(&dx, seg, 0.2, train)?, train)?;
         x_s + dx
     }
 }

@@ -45,7 +45,7 @@ impl NLayerDiscriminator {
         let mut x = leaky_relu(&self.first.forward_t(x, train)?, 0.2)?;
         outs.push(x.clone());
         for layer in &self.middle {
-            x = leaky_relu(&layer.forward_t(&x, train)?, 0.2)?;
+            x = layer.forward_act(&x, 0.2, train)?;
             outs.push(x.clone());
         }
         outs.push(self.last.forward_t(&x, train)?);

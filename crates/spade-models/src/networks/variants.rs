@@ -22,7 +22,7 @@
 use crate::error::{Error, Result};
 use crate::layers::conv::{Conv2d, ConvSpec, ConvTranspose2d, NormConv};
 use crate::layers::norm::Norm;
-use crate::layers::ops::{leaky_relu, reflection_pad2d, resize_nearest};
+use crate::layers::ops::{reflection_pad2d, resize_nearest};
 use crate::layers::spade::Spade;
 use crate::networks::generator::{DecoderTrunk, SegBlock};
 use crate::options::{ConvNorm, GeneratorKind, NetOptions, SpadeNorm};
@@ -88,9 +88,9 @@ impl ConcatResBlk {
             (Some(conv), Some(norm)) => conv.forward_t(&cat(&norm.forward_t(x, train)?)?, train)?,
             _ => x.clone(),
         };
-        let dx = leaky_relu(&self.norm_0.forward_t(x, train)?, 0.2)?;
+        let dx = self.norm_0.forward_act(x, 0.2, train)?;
         let dx = self.conv_0.forward_t(&cat(&dx)?, train)?;
-        let dx = leaky_relu(&self.norm_1.forward_t(&dx, train)?, 0.2)?;
+        let dx = self.norm_1.forward_act(&dx, 0.2, train)?;
         let dx = self.conv_1.forward_t(&cat(&dx)?, train)?;
         x_s + dx
     }
