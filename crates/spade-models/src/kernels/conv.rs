@@ -172,6 +172,40 @@ impl Operand for Im2Col<'_> {
     fn row_run(&self, r: usize, j0: usize, dst: &mut [f32]) {
         self.run(r, j0, dst)
     }
+    fn pack_b(&self, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
+        // One run per im2col row over the whole block, then cut into the panels: a run per
+        // (row, panel) spends its time on index arithmetic.
+        const NR: usize = super::avx512::NR;
+        let npanels = nc.div_ceil(NR);
+        let base = Shared(out.as_mut_ptr());
+        assert!(out.len() >= npanels * kc * NR);
+        let threads = rayon::current_num_threads().max(1);
+        let per = kc.div_ceil(threads).max(1);
+        (0..kc.div_ceil(per)).into_par_iter().for_each(|t| {
+            let mut row = vec![0f32; npanels * NR];
+            for p in t * per..((t + 1) * per).min(kc) {
+                self.run(p0 + p, j0, &mut row[..nc]);
+                for jp in 0..npanels {
+                    // SAFETY: row p of panel jp lies inside `out` (checked above); threads own
+                    // disjoint rows p.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(base.at(jp * kc * NR + p * NR), NR) };
+                    dst.copy_from_slice(&row[jp * NR..(jp + 1) * NR]);
+                }
+            }
+        });
+    }
+}
+
+/// A pointer into a packing buffer shared by threads that write disjoint parts.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
 }
 
 /// The transpose `(P x K)` of [`Im2Col`], as the right operand of the weight gradient: its
