@@ -1,5 +1,14 @@
 //! One training iteration against the reference trainer (`../shared/fixtures/parity/train_step`):
 //! the G-step fake, the losses, every gradient, and every weight and buffer after both steps.
+//!
+//! Run twice: on candle's stock ops with every check strict, and with the fast kernels, whose
+//! forward (fake, losses) is held to the same bounds but whose gradients get 1e-2. The fixture's
+//! feature-matching L1 has a near tie (an element of D0's fourth layer where fake and real
+//! differ by 4.0e-6, closer than the 1e-5 to which float32 implementations agree on the
+//! forward): summation order decides that element's sign, and its 2*lambda/N step moves G's
+//! gradients by up to 3e-3 of their largest value; Adam then turns such differences into full
+//! steps, so the D step and the weights after it are compared on the stock path only. The fast
+//! kernels are held to the stock ops at 1e-3 on well-conditioned cases in `kernels_vs_stock`.
 use candle_core::{DType, Device, Tensor};
 use spade_models::checkpoint::Generator;
 use spade_models::loss::GanMode;
@@ -34,6 +43,15 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn one_iteration_matches_the_reference_trainer() {
+    check(false);
+    check(true);
+    spade_models::kernels::set_enabled(true);
+}
+
+fn check(fast: bool) {
+    spade_models::kernels::set_enabled(fast);
+    println!("== {} ==", if fast { "fast kernels" } else { "stock candle ops" });
+    let grad_tol = if fast { 1e-2 } else { 1e-3 };
     let d = dir();
     let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("case.json")).unwrap()).unwrap();
     let opt = NetOptions::from_opt_file(&d.join("opt.txt")).unwrap();
@@ -100,10 +118,12 @@ fn one_iteration_matches_the_reference_trainer() {
     // noise here too, and after the step to within the largest Adam step (2 lr).
     const NOISE: f32 = 1e-6;
     let mut noise_params = std::collections::HashSet::new();
-    for (net, store, grads) in [
+    let nets = [
         ("G", &tr.nets.g_store, tr.last_grads.0.as_ref().unwrap()),
         ("D", &tr.nets.d_store, tr.last_grads.1.as_ref().unwrap()),
-    ] {
+    ];
+    // The D step runs after G's Adam step: on the fast path only G's gradients are comparable.
+    for (net, store, grads) in nets.into_iter().take(if fast { 1 } else { 2 }) {
         let want = load(&d.join(format!("grads_{net}.pth")));
         let mut worst_rel = 0f32;
         let mut count = 0;
@@ -139,7 +159,11 @@ fn one_iteration_matches_the_reference_trainer() {
             if std::env::var_os("SPADE_DEBUG").is_some() {
                 println!("{net} {} rel {rel:.2e} scale {scale:.2e}", e.name);
             }
-            assert!(rel <= 1e-3, "{net} grad {}: max abs error {rel:e} of the tensor's max |grad| {scale:e}", e.name);
+            assert!(
+                rel <= grad_tol,
+                "{net} grad {}: max abs error {rel:e} of the tensor's max |grad| {scale:e} (fast kernels: {fast})",
+                e.name
+            );
         }
         assert_eq!(count, want.len(), "{net}: every reference gradient has a parameter here");
         println!("grads {net}: {count} tensors, worst error relative to the tensor's max |grad| {worst_rel:.3e}");
@@ -148,6 +172,9 @@ fn one_iteration_matches_the_reference_trainer() {
     // Weights and buffers after both steps. Adam's first step moves each element by
     // lr * g / (|g| + eps): where |g| is near float noise the direction is ill-conditioned, so
     // elements whose reference gradient is below 1e-5 are checked to within the largest step.
+    if fast {
+        return;
+    }
     let lrs = [("G", tr.opt_g.config.lr as f32), ("D", tr.opt_d.config.lr as f32)];
     for ((net, store), (_, lr)) in [("G", &tr.nets.g_store), ("D", &tr.nets.d_store)].into_iter().zip(lrs) {
         let want = load(&d.join(format!("after_net_{net}.pth")));

@@ -8,6 +8,7 @@
 //! it reuses these three kernels with their roles exchanged.
 use super::avx512::{self, Operand};
 use super::gemm::{sgemm, use_avx512, MatRef};
+use super::sparse::{self, Geom1, SparsePixels};
 use super::{applies, f32_slice};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -283,12 +284,26 @@ fn output_vec(len: usize) -> Vec<f32> {
 }
 
 /// `y (n x cout x ho x wo) = conv(x, w)`.
-fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
+/// The one-hot path's geometry and this sample's nonzeros, where it applies.
+fn sparse_sample(xn: &[f32], g: &Geom, sparse_input: bool) -> Option<(SparsePixels, Geom1)> {
+    if !sparse_input || g.stride != 1 {
+        return None;
+    }
+    let sp = SparsePixels::new(xn, g.cin, g.in_px())?;
+    let g1 = Geom1 { cin: g.cin, cout: g.cout, h: g.h, w: g.w, ho: g.ho, wo: g.wo, k: g.k, pad: g.pad };
+    Some((sp, g1))
+}
+
+fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool) -> Vec<f32> {
     let (kd, p) = (g.kdim(), g.out_px());
     let mut y = output_vec(n * g.cout * p);
     let wm = MatRef::row_major(w, g.cout, kd);
     for (i, yn) in y.chunks_mut(g.cout * p).enumerate() {
         let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
+        if let Some((sp, g1)) = sparse_sample(xn, g, sparse_input) {
+            sparse::forward(&sp, w, &g1, yn);
+            continue;
+        }
         if g.pointwise() {
             sgemm(yn, p, wm, MatRef::row_major(xn, kd, p), false);
             continue;
@@ -332,13 +347,18 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
 }
 
 /// `dw (cout x cin x k x k)` from the input `x` and `dy`.
-fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize) -> Vec<f32> {
+fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool) -> Vec<f32> {
     let (kd, p) = (g.kdim(), g.out_px());
     let mut dw = output_vec(g.cout * kd);
     let mut first = true;
     for i in 0..n {
         let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
         let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
+        if let Some((sp, g1)) = sparse_sample(xn, g, sparse_input) {
+            sparse::backward_filter(&sp, dyn_, &g1, &mut dw, !first);
+            first = false;
+            continue;
+        }
         if g.pointwise() {
             sgemm(&mut dw, kd, MatRef::row_major(dyn_, g.cout, p), MatRef::transposed(xn, p, kd), !first);
             first = false;
@@ -372,6 +392,8 @@ fn cpu(v: Vec<f32>, shape: impl Into<Shape>) -> (CpuStorage, Shape) {
 struct ConvOp {
     g: Geom,
     n: usize,
+    /// Try the one-hot path ([`super::sparse`]) for the forward and weight gradient.
+    sparse_input: bool,
 }
 
 impl ConvOp {
@@ -390,7 +412,10 @@ impl CustomOp2 for ConvOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32_slice(s1, l1, "conv2d")?, f32_slice(s2, l2, "conv2d")?);
         let g = &self.g;
-        Ok(cpu(super::profile::time("conv fwd", || forward(x, w, g, self.n)), (self.n, g.cout, g.ho, g.wo)))
+        Ok(cpu(
+            super::profile::time("conv fwd", || forward(x, w, g, self.n, self.sparse_input)),
+            (self.n, g.cout, g.ho, g.wo),
+        ))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         self.grads(x, w, dy)
@@ -406,7 +431,7 @@ impl CustomOp2 for BwdData {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (dy, w) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        let ConvOp { g, n } = self.0;
+        let ConvOp { g, n, .. } = self.0;
         Ok(cpu(super::profile::time("conv bwd data", || backward_data(dy, w, &g, n)), (n, g.cin, g.h, g.w)))
     }
 }
@@ -420,8 +445,11 @@ impl CustomOp2 for BwdFilter {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, dy) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
-        let ConvOp { g, n } = self.0;
-        Ok(cpu(super::profile::time("conv bwd filter", || backward_filter(x, dy, &g, n)), (g.cout, g.cin, g.k, g.k)))
+        let ConvOp { g, n, .. } = self.0;
+        Ok(cpu(
+            super::profile::time("conv bwd filter", || backward_filter(x, dy, &g, n, self.0.sparse_input)),
+            (g.cout, g.cin, g.k, g.k),
+        ))
     }
 }
 
@@ -460,6 +488,21 @@ fn conv_geom(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<(Geom,
     Ok((Geom { cin, h, w: wd, cout, ho, wo, k: kh, stride, pad }, n))
 }
 
+/// [`conv2d`] of an input that is mostly one-hot per pixel (a semantic map): on the CPU each
+/// sample whose pixels have at most four nonzero channels takes the gather path of
+/// [`super::sparse`]; others the dense one. Same results either way.
+pub fn conv2d_sparse_input(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
+    if !applies(x) {
+        return conv2d(x, w, b, stride, pad);
+    }
+    let (g, n) = conv_geom(x, w, stride, pad)?;
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { g, n, sparse_input: true })?;
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
 /// `F.conv2d(x, w, b, stride, padding)`; the fast kernel on the CPU, candle's elsewhere.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: usize) -> Result<Tensor> {
     if !applies(x) {
@@ -470,7 +513,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: us
         };
     }
     let (g, n) = conv_geom(x, w, stride, pad)?;
-    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { g, n })?;
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { g, n, sparse_input: false })?;
     // The bias stays a separate broadcast add: a fused bias (a three-argument custom op, bias
     // written before the product) matched candle op by op, yet one training iteration of the
     // reference fixture then differed by 4.5e-3 in G's gradients, and this form does not.
@@ -501,7 +544,7 @@ pub fn conv_transpose2d(
         let wo = (wd - 1) * stride + k + output_padding - 2 * pad;
         // The convolution (n, co, ho, wo) -> (n, ci, h, w) whose input gradient this is.
         let g = Geom { cin: co, h: ho, w: wo, cout: ci, ho: h, wo: wd, k, stride, pad };
-        x.contiguous()?.apply_op2(&w.contiguous()?, ConvTransposeOp(ConvOp { g, n }))?
+        x.contiguous()?.apply_op2(&w.contiguous()?, ConvTransposeOp(ConvOp { g, n, sparse_input: false }))?
     };
     match b {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),

@@ -8,7 +8,8 @@
 //!   the forward, the input gradient and the weight gradient (col2im for the input gradient);
 //! - [`norm`]: batch / instance normalisation fused with SPADE's modulation
 //!   `x̂ * (1 + gamma) + beta` and the LeakyReLU that follows it, with their backward;
-//! - [`pointwise`]: LeakyReLU.
+//! - [`pointwise`]: LeakyReLU;
+//! - [`sparse`]: SPADE's first convolution of the one-hot semantic map as gathers.
 //!
 //! Every op falls back to the composed candle ops on other devices and dtypes (CUDA keeps
 //! candle's cuDNN path), and [`set_enabled`] switches the fast path off process-wide, which the
@@ -20,6 +21,7 @@ pub mod conv;
 pub mod gemm;
 pub mod norm;
 pub mod pointwise;
+pub mod sparse;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 

@@ -203,3 +203,36 @@ fn sgemm_matches_naive_products() {
         }
     }
 }
+
+#[test]
+fn one_hot_convolution_matches_candle() {
+    use super::conv::conv2d_sparse_input;
+    // A one-hot map of 10 labels plus an instance-edge channel (two nonzeros at edge pixels),
+    // and a dense input that must take the dense path.
+    let (n, h, w) = (2, 9, 7);
+    let mut v = vec![0f32; n * 11 * h * w];
+    for i in 0..n {
+        for p in 0..h * w {
+            let label = (p * 7 + i * 3) % 10;
+            v[(i * 11 + label) * h * w + p] = 1.0;
+            if p % 5 == 0 {
+                v[(i * 11 + 10) * h * w + p] = 1.0;
+            }
+        }
+    }
+    let onehot = Tensor::from_vec(v, (n, 11, h, w), &Device::Cpu).unwrap();
+    for (what, x, k, pad) in [
+        ("one-hot 3x3", onehot.clone(), 3, 1),
+        ("one-hot 5x5", onehot, 5, 2),
+        ("dense", rand(&[n, 11, h, w], 60), 3, 1),
+    ] {
+        let inputs = vec![x, rand(&[6, 11, k, k], 61), rand(&[6], 62)];
+        check(
+            what,
+            &inputs,
+            |t| conv2d_sparse_input(&t[0], &t[1], Some(&t[2]), 1, pad),
+            |t| t[0].conv2d(&t[1], pad, 1, 1, 1)?.broadcast_add(&t[2].reshape((1, (), 1, 1))?),
+            1e-5,
+        );
+    }
+}

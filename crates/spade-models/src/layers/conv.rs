@@ -97,6 +97,12 @@ impl Conv2d {
         kernels::conv::conv2d(x, &w, self.bias.as_ref(), self.stride, self.padding)
     }
 
+    /// [`Self::forward_t`] of a mostly one-hot input (the semantic map), by gathers on the CPU.
+    pub fn forward_sparse_input(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let w = self.weight.get(train)?;
+        kernels::conv::conv2d_sparse_input(x, &w, self.bias.as_ref(), self.stride, self.padding)
+    }
+
     pub fn spectral(&self) -> Option<&SpectralNorm> {
         match &self.weight {
             Weight::Spectral(sn) => Some(sn),
