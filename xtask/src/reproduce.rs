@@ -41,6 +41,10 @@ pub struct TableFile {
     pub metric: String,
     #[serde(default)]
     pub paper_note: String,
+    /// The paper's columns shown beside the measured values (the key of `paper:` in each row
+    /// and the column's title); by default COCO-Stuff's mIoU (Table 3).
+    #[serde(default = "default_paper_columns")]
+    pub paper_columns: Vec<PaperColumn>,
     pub base: serde_yaml_ng::Value,
     pub profiles: BTreeMap<String, Profile>,
     #[serde(default)]
@@ -77,9 +81,20 @@ impl TableFile {
                 paper: BTreeMap::new(),
                 set: c.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                 compact: false,
+                not_run: None,
             });
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaperColumn {
+    pub key: String,
+    pub title: String,
+}
+
+fn default_paper_columns() -> Vec<PaperColumn> {
+    vec![PaperColumn { key: "coco".into(), title: "COCO".into() }]
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +118,10 @@ pub struct Row {
     pub set: Vec<String>,
     #[serde(default)]
     pub compact: bool,
+    /// A row the project does not run, with the reason (SIMS in Table 1): the report shows the
+    /// reason and the paper's values, never a number of its own.
+    #[serde(default)]
+    pub not_run: Option<String>,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -182,12 +201,13 @@ pub fn run(args: Args) -> Result<()> {
         );
         None
     };
-    let job = indicatif::ProgressBar::new(rows.len() as u64);
-    job.set_style(indicatif::ProgressStyle::with_template(
-        "rows {pos}/{len} [{elapsed_precise} elapsed, ETA {eta}] {msg}",
-    )?);
-    for row in rows {
-        job.set_message(format!("{} ({})", row.id, row.method));
+    for row in rows.iter().filter(|r| r.not_run.is_some()) {
+        eprintln!("{}: not run: {}", row.id, row.not_run.as_deref().unwrap_or(""));
+    }
+    let rows: Vec<&Row> = rows.into_iter().filter(|r| r.not_run.is_none()).collect();
+    let job = JobBar::new(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        job.start_row(i, row);
         let cfg = row_config(&t, profile, row, &args)?;
         let dir = runs.join(&row.id);
         let yaml = cfg.to_yaml();
@@ -196,7 +216,9 @@ pub fn run(args: Args) -> Result<()> {
             && dir.join("row.json").is_file();
         if finished && !args.fresh {
             job.println(format!("{}: reusing the finished run with the same config", row.id));
-            job.inc(1);
+            job.row_done(i);
+            // A reused row takes no time: keep it out of the job's speed estimate.
+            job.bar.reset_eta();
             continue;
         }
         if dir.exists() {
@@ -209,9 +231,11 @@ pub fn run(args: Args) -> Result<()> {
             max_iters: None,
             progress: true,
             device: device.clone(),
+            job: Some(job.for_training(i, row)),
         };
         let summary = train(&cfg, &ro).with_context(|| format!("training row {}", row.id))?;
         let train_s = t0.elapsed().as_secs_f64();
+        job.evaluating(i, row);
         let t1 = Instant::now();
         evaluate_run(&dir, &cfg, segmenter.as_ref().map(|s| s as &dyn spade_metrics::Segmenter), None, &device)
             .with_context(|| format!("evaluating row {}", row.id))?;
@@ -222,18 +246,107 @@ pub fn run(args: Args) -> Result<()> {
             "config_sha256": sha256(yaml.as_bytes()),
         });
         std::fs::write(dir.join("row.json"), serde_json::to_string_pretty(&row_info)?)?;
-        job.println(format!("{}: {} iterations in {:.0} s", row.id, summary.iterations, train_s));
-        job.inc(1);
+        job.println(format!(
+            "{}: {} iterations in {:.0} s, evaluated in {:.0} s",
+            row.id,
+            summary.iterations,
+            train_s,
+            t1.elapsed().as_secs_f64()
+        ));
+        job.row_done(i);
     }
     job.finish();
     crate::report::build(&t, &args.profile)
 }
 
+/// Progress of the whole job: rows done, the current row's phase and progress (training
+/// iterations, then evaluation), elapsed time and an ETA for the whole job; the training
+/// run's own bar (iterations, speed, its ETA, losses) is drawn beneath. Position is counted
+/// in thousandths of a row: a row's training fills 80% of it, its evaluation the rest.
+struct JobBar {
+    multi: indicatif::MultiProgress,
+    bar: indicatif::ProgressBar,
+    n: usize,
+}
+
+const ROW_UNITS: u64 = 1000;
+const TRAIN_SHARE: f64 = 0.8;
+
+impl JobBar {
+    fn new(n: usize) -> Self {
+        let multi = indicatif::MultiProgress::new();
+        let bar = multi.add(indicatif::ProgressBar::new(n as u64 * ROW_UNITS));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "job {bar:20} {percent:>3}% [{elapsed_precise} elapsed, ETA {eta}] {prefix} {wide_msg}",
+            )
+            .expect("template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_secs(1));
+        Self { multi, bar, n }
+    }
+
+    fn label(&self, i: usize, row: &Row) -> String {
+        format!("row {}/{} {} ({})", i + 1, self.n, row.id, row.method)
+    }
+
+    fn start_row(&self, i: usize, row: &Row) {
+        self.bar.set_prefix(format!("rows done {i}/{}", self.n));
+        self.bar.set_message(format!("{}: preparing", self.label(i, row)));
+        self.bar.set_position(i as u64 * ROW_UNITS);
+    }
+
+    /// The training run's hook: moves the job bar with the run's iterations.
+    fn for_training(&self, i: usize, row: &Row) -> spade_train::run::JobProgress {
+        let bar = self.bar.clone();
+        let label = self.label(i, row);
+        bar.set_message(format!("{label}: training"));
+        spade_train::run::JobProgress {
+            multi: self.multi.clone(),
+            on_iteration: std::sync::Arc::new(move |done, total| {
+                let frac = TRAIN_SHARE * done as f64 / total.max(1) as f64;
+                bar.set_position(i as u64 * ROW_UNITS + (frac * ROW_UNITS as f64) as u64);
+                bar.set_message(format!("{label}: training {done}/{total} it"));
+            }),
+        }
+    }
+
+    fn evaluating(&self, i: usize, row: &Row) {
+        self.bar.set_position(i as u64 * ROW_UNITS + (TRAIN_SHARE * ROW_UNITS as f64) as u64);
+        self.bar.set_message(format!("{}: evaluating", self.label(i, row)));
+    }
+
+    fn row_done(&self, i: usize) {
+        self.bar.set_position((i as u64 + 1) * ROW_UNITS);
+        self.bar.set_prefix(format!("rows done {}/{}", i + 1, self.n));
+    }
+
+    /// A line above the bars; on stderr directly when the bars are hidden (not a terminal,
+    /// as in CI logs).
+    fn println(&self, line: String) {
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.set_message("");
+        self.bar.finish();
+    }
+}
+
 /// `runs/<table>/<row>` for the default profile (mini), `runs/<table>-<profile>/<row>` otherwise,
 /// so that a CI smoke run never overwrites the runs a report was built from.
 pub fn runs_dir(table: &str, profile: &str) -> PathBuf {
+    runs_dir_in(&workspace_root(), table, profile)
+}
+
+/// [`runs_dir`] under another root.
+pub fn runs_dir_in(root: &Path, table: &str, profile: &str) -> PathBuf {
     let name = if profile == "mini" { table.to_string() } else { format!("{table}-{profile}") };
-    workspace_root().join("runs").join(name)
+    root.join("runs").join(name)
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

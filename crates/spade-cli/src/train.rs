@@ -36,6 +36,7 @@ pub fn run(args: Args) -> Result<()> {
         max_iters: args.max_iters,
         progress: !args.quiet,
         device: crate::synthesize::device(args.cuda)?,
+        job: None,
     };
     let s = train(&cfg, &ro)?;
     let losses: Vec<String> = s.last_losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();

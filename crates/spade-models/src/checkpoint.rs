@@ -1,5 +1,6 @@
 //! Building networks from reference checkpoints (`.pth`, zip or legacy, and `.safetensors`).
 use crate::error::{Error, Result};
+use crate::networks::crn::CrnGenerator;
 use crate::networks::generator::SpadeGenerator;
 use crate::networks::pix2pixhd::Pix2PixHDGenerator;
 use crate::networks::variants::{Pix2PixHDVariantGenerator, SpadeConcatGenerator};
@@ -19,6 +20,8 @@ pub enum Generator {
     Pix2PixHDSpade(Pix2PixHDVariantGenerator),
     /// Table 3's "pix2pixHD++ w/ Concat" (`netG: pix2pixhd_concat`).
     Pix2PixHDConcat(Pix2PixHDVariantGenerator),
+    /// Table 1's CRN (`netG: crn`), trained without a discriminator.
+    Crn(CrnGenerator),
 }
 
 impl Generator {
@@ -31,6 +34,7 @@ impl Generator {
             GeneratorKind::Pix2PixHDConcat => {
                 Generator::Pix2PixHDConcat(Pix2PixHDVariantGenerator::new_concat(opt, vb)?)
             }
+            GeneratorKind::Crn => Generator::Crn(CrnGenerator::new(opt, vb)?),
         })
     }
 
@@ -41,6 +45,7 @@ impl Generator {
             Generator::Pix2PixHD(g) => g.forward_t(seg, train),
             Generator::SpadeConcat(g) => g.forward_t(seg, train),
             Generator::Pix2PixHDSpade(g) | Generator::Pix2PixHDConcat(g) => g.forward_t(seg, train),
+            Generator::Crn(g) => g.forward_t(seg, train),
         }
     }
 

@@ -104,15 +104,27 @@ pub struct Vgg19 {
     convs: Vec<Conv2d>,
 }
 
-/// Layer plan of vgg19.features[:30]: channel counts, 'M' = max pool.
-const VGG19_PLAN: [i32; 17] = [64, 64, -1, 128, 128, -1, 256, 256, 256, 256, -1, 512, 512, 512, 512, -1, 512];
+/// Layer plan of vgg19.features[:32] (up to conv5_2): channel counts, -1 = max pool.
+const VGG19_PLAN: [i32; 18] = [64, 64, -1, 128, 128, -1, 256, 256, 256, 256, -1, 512, 512, 512, 512, -1, 512, 512];
+
+/// Conv indices (0-based, counting convs only) after which a max pool follows.
+const VGG19_POOL_BEFORE: [usize; 4] = [2, 4, 8, 12];
 
 impl Vgg19 {
+    /// The 13 convs up to relu5_1 (SPADE's perceptual loss).
     pub fn new(vb: &Vb) -> Result<Self> {
+        Self::with_convs(vb, 13)
+    }
+
+    /// The first `n` convs (at most 14, up to conv5_2).
+    pub fn with_convs(vb: &Vb, n: usize) -> Result<Self> {
         let mut convs = Vec::new();
         let mut idx = 0;
         let mut cin = 3;
         for &c in VGG19_PLAN.iter() {
+            if convs.len() == n {
+                break;
+            }
             if c < 0 {
                 idx += 1;
             } else {
@@ -132,12 +144,33 @@ impl Vgg19 {
         let block_starts = [0usize, 2, 4, 8, 12];
         let mut outs = Vec::with_capacity(5);
         let mut x = x.clone();
-        for (i, conv) in self.convs.iter().enumerate() {
+        for (i, conv) in self.convs.iter().enumerate().take(13) {
             if i > 0 && block_starts.contains(&i) {
                 x = x.max_pool2d(2)?;
             }
             x = conv.forward_t(&x, false)?.relu()?;
             if block_starts.contains(&i) {
+                outs.push(x.clone());
+            }
+        }
+        Ok(outs)
+    }
+
+    /// The ReLU outputs after the convs with the given indices (counting convs from 0;
+    /// conv1_2 = 1, conv2_2 = 3, conv3_2 = 5, conv4_2 = 9, conv5_2 = 13), in that order.
+    pub fn activations(&self, x: &Tensor, taps: &[usize]) -> candle_core::Result<Vec<Tensor>> {
+        let last = *taps.iter().max().expect("at least one tap");
+        if last >= self.convs.len() {
+            candle_core::bail!("VGG19 tap conv {last} but the network has {} convs", self.convs.len())
+        }
+        let mut outs = Vec::with_capacity(taps.len());
+        let mut x = x.clone();
+        for (i, conv) in self.convs.iter().enumerate().take(last + 1) {
+            if VGG19_POOL_BEFORE.contains(&i) {
+                x = x.max_pool2d(2)?;
+            }
+            x = conv.forward_t(&x, false)?.relu()?;
+            if taps.contains(&i) {
                 outs.push(x.clone());
             }
         }
@@ -155,4 +188,36 @@ impl Vgg19 {
         }
         Ok(total)
     }
+}
+
+/// CRN's training objective (Chen & Koltun 2017): a feature-matching regression loss, L1
+/// between the images and between VGG19 activations conv1_2, conv2_2, conv3_2, conv4_2 and
+/// conv5_2 (after ReLU), with the layer weights 1, 1/2.6, 1/4.8, 1/3.7, 1/5.6 and 10/1.5 of
+/// CRN's reference code (recalled, not checked against it). Images in [-1, 1] go into VGG
+/// as torchvision expects them (ImageNet mean/std on [0, 1]); CRN's code feeds [0, 255] minus
+/// the mean to MatConvNet's VGG, so the balance of the terms is not CRN's exactly. `vgg` needs
+/// 14 convs ([`Vgg19::with_convs`]).
+pub fn crn_perceptual(vgg: &Vgg19, fake: &Tensor, real: &Tensor) -> candle_core::Result<Tensor> {
+    const TAPS: [usize; 5] = [1, 3, 5, 9, 13];
+    const WEIGHTS: [f64; 5] = [1.0 / 2.6, 1.0 / 4.8, 1.0 / 3.7, 1.0 / 5.6, 10.0 / 1.5];
+    let real = real.detach();
+    let norm = |x: &Tensor| -> candle_core::Result<Tensor> {
+        let dev = x.device();
+        let mean = Tensor::new(&[0.485f32, 0.456, 0.406], dev)?.to_dtype(x.dtype())?.reshape((1, 3, 1, 1))?;
+        let std = Tensor::new(&[0.229f32, 0.224, 0.225], dev)?.to_dtype(x.dtype())?.reshape((1, 3, 1, 1))?;
+        ((x + 1.0)? / 2.0)?.broadcast_sub(&mean)?.broadcast_div(&std)
+    };
+    let ff = vgg.activations(&norm(fake)?, &TAPS)?;
+    let fr = vgg.activations(&norm(&real)?, &TAPS)?;
+    let mut total = (fake - &real)?.abs()?.mean_all()?;
+    for ((a, b), w) in ff.iter().zip(&fr).zip(WEIGHTS) {
+        total = (total + ((a - b.detach())?.abs()?.mean_all()? * w)?)?;
+    }
+    Ok(total)
+}
+
+/// The L1 pixel regression loss mean |fake - real|: what CRN's objective reduces to without
+/// VGG19 weights (its image term alone). Not a perceptual loss.
+pub fn l1_pixel(fake: &Tensor, real: &Tensor) -> candle_core::Result<Tensor> {
+    (fake - real.detach())?.abs()?.mean_all()
 }

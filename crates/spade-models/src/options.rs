@@ -129,18 +129,21 @@ pub enum GeneratorKind {
     Pix2PixHDSpade,
     /// `pix2pixhd_concat`: Table 3's "pix2pixHD++ w/ Concat" (plain norm_G string).
     Pix2PixHDConcat,
+    /// `crn`: Table 1's CRN (Chen & Koltun 2017), a cascaded refinement network trained by
+    /// regression without a discriminator; norm_G is not read (layer norm throughout).
+    Crn,
 }
 
 impl GeneratorKind {
-    pub const ALL: [GeneratorKind; 5] =
-        [Self::Spade, Self::Pix2PixHD, Self::SpadeConcat, Self::Pix2PixHDSpade, Self::Pix2PixHDConcat];
+    pub const ALL: [GeneratorKind; 6] =
+        [Self::Spade, Self::Pix2PixHD, Self::SpadeConcat, Self::Pix2PixHDSpade, Self::Pix2PixHDConcat, Self::Crn];
 
     /// Parses a `netG` value.
     pub fn parse(s: &str) -> Result<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| Error::Option {
             option: "netG".into(),
             value: s.into(),
-            expected: "spade, pix2pixhd, spadeconcat, pix2pixhd_spade or pix2pixhd_concat".into(),
+            expected: "spade, pix2pixhd, spadeconcat, pix2pixhd_spade, pix2pixhd_concat or crn".into(),
         })
     }
 
@@ -152,7 +155,14 @@ impl GeneratorKind {
             Self::SpadeConcat => "spadeconcat",
             Self::Pix2PixHDSpade => "pix2pixhd_spade",
             Self::Pix2PixHDConcat => "pix2pixhd_concat",
+            Self::Crn => "crn",
         }
+    }
+
+    /// Whether the generator is trained adversarially (with a discriminator). CRN is trained
+    /// by regression alone.
+    pub fn uses_discriminator(self) -> bool {
+        self != Self::Crn
     }
 
     /// Whether norm_G is a SPADE string (`spectralspadesyncbatch3x3`) rather than a plain one.
@@ -248,7 +258,10 @@ impl NetOptions {
                 let f = 1 << self.num_upsampling_layers.num_layers();
                 (sh * f, sw * f)
             }
-            GeneratorKind::Pix2PixHD | GeneratorKind::Pix2PixHDSpade | GeneratorKind::Pix2PixHDConcat => {
+            GeneratorKind::Pix2PixHD
+            | GeneratorKind::Pix2PixHDSpade
+            | GeneratorKind::Pix2PixHDConcat
+            | GeneratorKind::Crn => {
                 let w = self.crop_size;
                 (round_half_even(w as f64 / self.aspect_ratio), w)
             }
@@ -436,6 +449,16 @@ impl NetOptions {
             GeneratorKind::Pix2PixHDSpade => {
                 self.spade_norm()?;
             }
+            GeneratorKind::Crn => {
+                let (h, w) = self.output_size();
+                if h == 0 || w == 0 {
+                    return Err(opt(
+                        "crop_size",
+                        self.crop_size.to_string(),
+                        &format!("an output of at least 1x1 (aspect_ratio {})", self.aspect_ratio),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -465,7 +488,14 @@ impl NetOptions {
             || (name.starts_with("fc.") && expected.len() == 4)
             || name.starts_with("model.1.")
             || name.contains("model0.0.weight");
-        let which = if name.starts_with("fc.") && (rank_differs || found.is_none()) {
+        let which = if self.net_g == GeneratorKind::Crn && first.starts_with("module_") {
+            format!(
+                "ngf (now {}), crop_size (now {}, which sets the number of refinement modules) or {}",
+                self.ngf,
+                self.crop_size,
+                semantic(None)
+            )
+        } else if name.starts_with("fc.") && (rank_differs || found.is_none()) {
             format!("use_vae (now {})", py_bool(self.use_vae))
         } else if is_input_conv && differs(1) {
             semantic(found.map(|f| f[1]))

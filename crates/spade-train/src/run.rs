@@ -5,6 +5,7 @@ use crate::trainer::{LossOptions, Nets, OptimOptions, Trainer};
 use candle_core::{DType, Device, Tensor};
 use spade_data::{BatchLoader, LoaderOptions, Sample};
 use spade_models::loss::{GanMode, Vgg19};
+use spade_models::options::GeneratorKind;
 use spade_models::{NetOptions, ParamStore, SemanticsSpec};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,23 @@ pub struct RunOptions {
     pub max_iters: Option<usize>,
     pub progress: bool,
     pub device: Device,
+    /// Set when the run is one step of a larger job (`cargo xtask reproduce`).
+    pub job: Option<JobProgress>,
+}
+
+/// The progress display of a job of several runs: the run's bar is drawn inside `multi`
+/// (under the job's own bars), and `on_iteration(done, total)` is called after every
+/// iteration so the job can show its overall progress and ETA.
+#[derive(Clone)]
+pub struct JobProgress {
+    pub multi: indicatif::MultiProgress,
+    pub on_iteration: std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>,
+}
+
+impl std::fmt::Debug for JobProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobProgress")
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -163,7 +181,9 @@ fn load_vgg(cfg: &ExperimentConfig, device: &Device) -> Result<Option<(Vgg19, Pa
     // Only the convs up to relu5_1 are used; classifier weights in the file are ignored.
     let tensors: Vec<_> = tensors.into_iter().filter(|(k, _)| k.starts_with("features.")).collect();
     let store = ParamStore::from_state_dict(tensors, DType::F32, device).frozen();
-    let vgg = Vgg19::new(&store.root()).map_err(|e| file_err(&path, e))?;
+    // CRN's loss reads conv5_2, one conv further than SPADE's relu5_1.
+    let convs = if cfg.model.netG == GeneratorKind::Crn.as_str() { 14 } else { 13 };
+    let vgg = Vgg19::with_convs(&store.root(), convs).map_err(|e| file_err(&path, e))?;
     Ok(Some((vgg, path, sha256)))
 }
 
@@ -181,12 +201,16 @@ fn write_checkpoint(run: &Path, tr: &Trainer, state: &CheckpointState, cfg_yaml:
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
     store_to_file(&tr.nets.g_store, &tmp.join("latest_net_G.safetensors"))?;
-    store_to_file(&tr.nets.d_store, &tmp.join("latest_net_D.safetensors"))?;
+    if tr.has_discriminator() {
+        store_to_file(&tr.nets.d_store, &tmp.join("latest_net_D.safetensors"))?;
+    }
     if let Some((_, s)) = &tr.nets.e {
         store_to_file(s, &tmp.join("latest_net_E.safetensors"))?;
     }
     spade_io::checkpoint::save_safetensors(&tmp.join("optim_G.safetensors"), &tr.opt_g.state()?)?;
-    spade_io::checkpoint::save_safetensors(&tmp.join("optim_D.safetensors"), &tr.opt_d.state()?)?;
+    if tr.has_discriminator() {
+        spade_io::checkpoint::save_safetensors(&tmp.join("optim_D.safetensors"), &tr.opt_d.state()?)?;
+    }
     let write = |p: PathBuf, text: String| -> Result<()> {
         spade_io::atomic::write_atomic(&p, |f| f.write_all(text.as_bytes()))?;
         Ok(())
@@ -217,12 +241,16 @@ fn load_checkpoint(dir: &Path, tr: &mut Trainer) -> Result<CheckpointState> {
         Ok(())
     };
     load(&tr.nets.g_store, "latest_net_G.safetensors")?;
-    load(&tr.nets.d_store, "latest_net_D.safetensors")?;
+    if tr.has_discriminator() {
+        load(&tr.nets.d_store, "latest_net_D.safetensors")?;
+    }
     if let Some((_, s)) = &tr.nets.e {
         load(s, "latest_net_E.safetensors")?;
     }
     tr.opt_g.load_state(&spade_io::checkpoint::load_state_dict(&dir.join("optim_G.safetensors"))?)?;
-    tr.opt_d.load_state(&spade_io::checkpoint::load_state_dict(&dir.join("optim_D.safetensors"))?)?;
+    if tr.has_discriminator() {
+        tr.opt_d.load_state(&spade_io::checkpoint::load_state_dict(&dir.join("optim_D.safetensors"))?)?;
+    }
     let p = dir.join("state.json");
     let text = std::fs::read_to_string(&p).map_err(|e| file_err(&p, e))?;
     serde_json::from_str(&text).map_err(|e| file_err(&p, e))
@@ -317,6 +345,8 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         "git_revision": git_revision(),
         "device": format!("{:?}", ro.device),
         "vgg_loss": !cfg.loss.no_vgg_loss,
+        "objective": tr.objective(),
+        "discriminator": tr.has_discriminator(),
         "vgg_weights": vgg_info,
         "parameters_G": tr.nets.g_store.num_params(),
         "parameters_D": tr.nets.d_store.num_params(),
@@ -361,7 +391,11 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| file_err(&log_path, e))?;
     std::fs::create_dir_all(run.join("samples")).map_err(|e| file_err(run, e))?;
 
-    let bar = if ro.progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = match (&ro.job, ro.progress) {
+        (Some(job), true) => job.multi.add(indicatif::ProgressBar::new(total as u64)),
+        (None, true) => indicatif::ProgressBar::new(total as u64),
+        (_, false) => indicatif::ProgressBar::hidden(),
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} it  {per_sec}  ETA {eta}  {msg}")
             .expect("template"),
@@ -408,6 +442,9 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         bar.set_message(losses.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(" "));
         bar.inc(1);
         let done = it + 1;
+        if let Some(job) = &ro.job {
+            (job.on_iteration)(done, total);
+        }
         if let Some(f) = &fake {
             if t.display_freq > 0 && (done % t.display_freq == 0 || done == total) {
                 save_grid(&run.join("samples").join(format!("iter_{done:08}.png")), &batch.samples, f)?;
@@ -421,6 +458,10 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
             last_ck = checkpoint.display().to_string();
         }
     }
-    bar.finish();
+    if ro.job.is_some() {
+        bar.finish_and_clear();
+    } else {
+        bar.finish();
+    }
     Ok(RunSummary { iterations: total, wall_s: t0.elapsed().as_secs_f64(), last_losses, checkpoint })
 }

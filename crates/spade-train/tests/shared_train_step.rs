@@ -64,7 +64,7 @@ fn check(fast: bool) {
         ParamStore::from_state_dict(spade_io::pth::load(&d.join("before_net_D.pth")).unwrap(), DType::F32, &dev);
     let dnet = MultiscaleDiscriminator::new(&opt, &d_store.root()).unwrap();
     d_store.check_all_used().unwrap();
-    let nets = Nets { g, g_store, d: dnet, d_store, e: None };
+    let nets = Nets { g, g_store, d: Some(dnet), d_store, e: None };
     let o = &case["options"];
     let loss = LossOptions {
         gan_mode: GanMode::parse(o["gan_mode"].as_str().unwrap()).unwrap(),

@@ -33,6 +33,7 @@ fn opts(dir: &Path, resume: bool, max_iters: usize) -> RunOptions {
         max_iters: Some(max_iters),
         progress: false,
         device: Device::Cpu,
+        job: None,
     }
 }
 

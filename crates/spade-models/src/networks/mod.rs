@@ -1,4 +1,5 @@
 //! The networks of the paper and the reference code.
+pub mod crn;
 pub mod discriminator;
 pub mod encoder;
 pub mod generator;
