@@ -17,7 +17,7 @@ pub enum MetricsError {
     },
 
     /// A weights file could not be read or does not hold what the network expects.
-    #[error("Inception weights {}: {msg}", path.display())]
+    #[error("weights {}: {msg}", path.display())]
     Weights { path: PathBuf, msg: String },
 
     /// A file's SHA-256 differs from the expected digest.

@@ -9,6 +9,11 @@
 //! - Segmentation metrics ([`segmentation`]): a confusion matrix over the dataset, pixel
 //!   accuracy and mIoU with the don't-care handling explicit, and the [`Segmenter`] trait;
 //!   with the `segformer` feature, a SegFormer segmenter (candle-transformers) from the hub.
+//! - The paper's evaluation segmenters, loading the released PyTorch checkpoints by their
+//!   state_dict keys ([`segnet`] holds the shared pieces): [`deeplabv2`] (COCO-Stuff),
+//!   [`drn`] (DRN-D-105, Cityscapes), [`upernet`] (UperNet-ResNet101, ADE20K).
+pub mod deeplabv2;
+pub mod drn;
 pub mod error;
 pub mod fid;
 pub mod frechet;
@@ -17,13 +22,20 @@ pub mod resize;
 #[cfg(feature = "segformer")]
 pub mod segformer;
 pub mod segmentation;
+pub mod segnet;
 pub mod stats_io;
+pub mod upernet;
 pub mod weights;
 
+pub use deeplabv2::{DeepLabV2, DeepLabV2Config, DeepLabV2Segmenter};
+pub use drn::{DrnConfig, DrnSeg, DrnSegmenter};
 pub use error::{MetricsError, Result};
 pub use fid::{fid, list_images, load_image, pool3_of_files, FidInput};
 pub use frechet::{frechet_distance, GaussianStats};
 pub use inception::{FidInception, FID_INPUT_SIZE, POOL3_DIM};
-pub use segmentation::{ConfusionMatrix, DontCare, LabelResize, SegScores, Segmenter};
+pub use segmentation::{
+    confusion_matrix_for, ConfusionMatrix, DontCare, GroundTruthMap, LabelResize, Preprocessing, SegScores, Segmenter,
+};
 pub use stats_io::{load_stats, save_stats};
+pub use upernet::{UperNetConfig, UperNetSegmenter};
 pub use weights::{load_fid_inception, HubFile, ResolvedWeights, FID_WEIGHTS_FILE};

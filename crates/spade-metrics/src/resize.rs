@@ -18,7 +18,13 @@ pub struct AxisWeights {
 
 /// Torch's linear interpolation indices and weights for one axis (`align_corners=False`).
 pub fn axis_weights(input: usize, output: usize) -> AxisWeights {
-    let scale = input as f32 / output as f32;
+    axis_weights_scaled(input, output, input as f32 / output as f32)
+}
+
+/// As [`axis_weights`] with the source-coordinate scale given: torch uses `1 / scale_factor`
+/// (computed in f64, then f32) when `F.interpolate` is called with `scale_factor` and
+/// `recompute_scale_factor` unset, instead of `in / out`.
+pub fn axis_weights_scaled(input: usize, output: usize, scale: f32) -> AxisWeights {
     let mut w = AxisWeights {
         i0: Vec::with_capacity(output),
         i1: Vec::with_capacity(output),
@@ -39,9 +45,12 @@ pub fn axis_weights(input: usize, output: usize) -> AxisWeights {
     w
 }
 
-fn interpolate_axis(x: &Tensor, dim: usize, out: usize) -> Result<Tensor> {
+fn interpolate_axis(x: &Tensor, dim: usize, out: usize, scale: Option<f32>) -> Result<Tensor> {
     let input = x.dim(dim)?;
-    let aw = axis_weights(input, out);
+    let aw = match scale {
+        Some(s) => axis_weights_scaled(input, out, s),
+        None => axis_weights(input, out),
+    };
     let dev = x.device();
     let i0 = Tensor::from_vec(aw.i0, out, dev)?;
     let i1 = Tensor::from_vec(aw.i1, out, dev)?;
@@ -61,8 +70,18 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
     if h == out_h && w == out_w {
         return Ok(x.clone());
     }
-    let x = interpolate_axis(x, 3, out_w)?;
-    interpolate_axis(&x, 2, out_h)
+    let x = interpolate_axis(x, 3, out_w, None)?;
+    interpolate_axis(&x, 2, out_h, None)
+}
+
+/// torch's `F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)`:
+/// output `floor(n * factor)` per axis, source coordinates scaled by `1 / factor`.
+pub fn resize_bilinear_by_factor(x: &Tensor, factor: f64) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (oh, ow) = ((h as f64 * factor).floor() as usize, (w as f64 * factor).floor() as usize);
+    let scale = (1.0 / factor) as f32;
+    let x = interpolate_axis(x, 3, ow, Some(scale))?;
+    interpolate_axis(&x, 2, oh, Some(scale))
 }
 
 /// An RGB8 image as a `(1, 3, H, W)` f32 tensor in `[0, 1]` (`ToTensor`'s `/255`).

@@ -224,6 +224,42 @@ impl ConfusionMatrix {
     }
 }
 
+/// How a segmenter turns the `[0, 1]` RGB images of [`Segmenter::segment`] into its input and
+/// its output into class ids: reported with every score (`metrics.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessing {
+    /// Channel order fed to the network (`"RGB"` or `"BGR"`).
+    pub channel_order: &'static str,
+    /// Pixel values are multiplied by this first (1 for `[0, 1]`, 255 for caffe-style `[0, 255]`).
+    pub value_scale: f32,
+    /// Subtracted per channel, in `channel_order`, after scaling.
+    pub mean: [f32; 3],
+    /// Divided per channel, in `channel_order`, after the mean.
+    pub std: [f32; 3],
+    /// What happens to the logits before the argmax (upsampling, multi-scale fusion).
+    pub output: String,
+}
+
+/// Ground-truth ids (after the dataset's mapping) to a segmenter's class ids, for segmenters
+/// trained on another id space (Cityscapes labelIds -> trainIds). Ids outside the table, or
+/// mapped to `ignore`, are don't-care pixels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroundTruthMap {
+    /// Described in reports.
+    pub name: String,
+    /// `table[gt]` is the class id, or `ignore`.
+    pub table: Vec<u32>,
+    /// The don't-care id the mapped labels use.
+    pub ignore: u32,
+}
+
+impl GroundTruthMap {
+    /// Maps ids; those outside the table become `ignore`.
+    pub fn apply(&self, ids: &[u32]) -> Vec<u32> {
+        ids.iter().map(|&g| self.table.get(g as usize).copied().unwrap_or(self.ignore)).collect()
+    }
+}
+
 /// A segmentation network used as a metric.
 pub trait Segmenter {
     /// Name of the network (and its training set), for reports.
@@ -237,6 +273,24 @@ pub trait Segmenter {
     /// Class ids `(B, H', W')` (`u32`) of RGB images `(B, 3, H, W)` in `[0, 1]` at
     /// [`Segmenter::input_resolution`].
     fn segment(&self, images: &Tensor) -> Result<Tensor>;
+    /// Its input normalisation and output handling, when it is a published network.
+    fn preprocessing(&self) -> Option<Preprocessing> {
+        None
+    }
+    /// How ground-truth ids are brought into its class ids; `None` when they already are.
+    fn ground_truth_map(&self) -> Option<GroundTruthMap> {
+        None
+    }
+}
+
+/// An empty confusion matrix for `segmenter`: its classes, and as don't-care id the one of its
+/// [`GroundTruthMap`] when it has one, else the dataset's (`dataset_dont_care`).
+pub fn confusion_matrix_for(segmenter: &dyn Segmenter, dataset_dont_care: Option<u32>) -> ConfusionMatrix {
+    let dont_care = match segmenter.ground_truth_map() {
+        Some(m) => Some(m.ignore),
+        None => dataset_dont_care,
+    };
+    ConfusionMatrix::new(segmenter.num_classes(), dont_care)
 }
 
 /// Nearest-neighbour resize of a `(B, H, W)` class map as torch's `mode="nearest"`
@@ -257,7 +311,8 @@ pub fn resize_labels_nearest(labels: &Tensor, out_h: usize, out_w: usize) -> Res
 }
 
 /// Runs `segmenter` on images `(B, 3, H, W)` in `[0, 1]` (bilinearly resized to its input
-/// resolution) and adds the comparison with `labels` `(B, H_l, W_l)` to `cm`.
+/// resolution) and adds the comparison with `labels` `(B, H_l, W_l)` to `cm` (labels go through
+/// the segmenter's [`GroundTruthMap`] first; make `cm` with [`confusion_matrix_for`]).
 pub fn accumulate(
     cm: &mut ConfusionMatrix,
     segmenter: &dyn Segmenter,
@@ -268,7 +323,11 @@ pub fn accumulate(
     let (rh, rw) = segmenter.input_resolution();
     let x = resize_bilinear(images, rh, rw)?;
     let pred = segmenter.segment(&x)?.to_dtype(DType::U32)?;
-    let labels = labels.to_dtype(DType::U32)?;
+    let mut labels = labels.to_dtype(DType::U32)?;
+    if let Some(map) = segmenter.ground_truth_map() {
+        let ids: Vec<u32> = labels.flatten_all()?.to_vec1()?;
+        labels = Tensor::from_vec(map.apply(&ids), labels.shape(), labels.device())?;
+    }
     let (_, lh, lw) = labels.dims3()?;
     let (_, ph, pw) = pred.dims3()?;
     let (gt, pred) = match resize {
