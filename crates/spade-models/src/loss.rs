@@ -148,7 +148,7 @@ impl Vgg19 {
             if i > 0 && block_starts.contains(&i) {
                 x = x.max_pool2d(2)?;
             }
-            x = conv.forward_t(&x, false)?.relu()?;
+            x = conv.forward_act(&x, false, 0.0)?;
             if block_starts.contains(&i) {
                 outs.push(x.clone());
             }
@@ -169,7 +169,7 @@ impl Vgg19 {
             if VGG19_POOL_BEFORE.contains(&i) {
                 x = x.max_pool2d(2)?;
             }
-            x = conv.forward_t(&x, false)?.relu()?;
+            x = conv.forward_act(&x, false, 0.0)?;
             if taps.contains(&i) {
                 outs.push(x.clone());
             }

@@ -55,3 +55,82 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     }
     x.contiguous()?.apply_op1(LeakyRelu(slope as f32))
 }
+
+/// `act(y + b)` with a per-channel bias `b` over `(n, c, ...)`, `act` LeakyReLU(slope) (0: ReLU,
+/// 1: none).
+struct BiasAct {
+    slope: f32,
+    channels: usize,
+    plane: usize,
+}
+
+impl CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "spade-bias-act"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, b) = (f32_slice(s1, l1, "bias")?, f32_slice(s2, l2, "bias")?);
+        let (c, p, slope) = (self.channels, self.plane, self.slope);
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(p).zip(y.par_chunks(p)).enumerate().for_each(|(pl, (o, y))| {
+            let b = b[pl % c];
+            for (o, &y) in o.iter_mut().zip(y) {
+                let v = y + b;
+                *o = if v > 0.0 || slope == 1.0 { v } else { v * slope };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(&self, y: &Tensor, b: &Tensor, out: &Tensor, da: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dv = if self.slope == 1.0 {
+            da.contiguous()?
+        } else {
+            out.apply_op2_no_bwd(&da.contiguous()?, &LeakyReluGrad(self.slope))?
+        };
+        let db = if b.track_op() {
+            Some(dv.apply_op1_no_bwd(&ChannelSum { channels: self.channels, plane: self.plane })?)
+        } else {
+            None
+        };
+        Ok((y.track_op().then_some(dv), db))
+    }
+}
+
+/// `(n, c, ...) -> (c)`: the sum over everything but the channel.
+struct ChannelSum {
+    channels: usize,
+    plane: usize,
+}
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "spade-channel-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "channel sum")?;
+        let (c, p) = (self.channels, self.plane);
+        let planes: Vec<f64> = x.par_chunks(p).map(|pl| pl.iter().map(|&v| v as f64).sum()).collect();
+        let mut sums = vec![0f64; c];
+        for (i, v) in planes.iter().enumerate() {
+            sums[i % c] += v;
+        }
+        Ok((CpuStorage::F32(sums.into_iter().map(|v| v as f32).collect()), c.into()))
+    }
+}
+
+/// `act(y + b.reshape(1, c, 1, 1))` with `act` LeakyReLU(`slope`): 0 for ReLU, 1 for none.
+pub fn bias_act(y: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
+    if !applies(y) {
+        let v = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        return if slope == 1.0 {
+            Ok(v)
+        } else if slope == 0.0 {
+            v.relu()
+        } else {
+            v.maximum(&(&v * slope)?)
+        };
+    }
+    let dims = y.dims();
+    let (c, plane) = (dims[1], dims[2..].iter().product());
+    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAct { slope: slope as f32, channels: c, plane })
+}

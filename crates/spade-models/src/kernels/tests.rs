@@ -230,8 +230,30 @@ fn one_hot_convolution_matches_candle() {
         check(
             what,
             &inputs,
-            |t| conv2d_sparse_input(&t[0], &t[1], Some(&t[2]), 1, pad),
+            |t| conv2d_sparse_input(&t[0], &t[1], Some(&t[2]), 1, pad, 1.0),
             |t| t[0].conv2d(&t[1], pad, 1, 1, 1)?.broadcast_add(&t[2].reshape((1, (), 1, 1))?),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn conv_with_fused_activation_matches_candle() {
+    use super::conv::conv2d_act;
+    for slope in [0.0, 0.2, 1.0] {
+        let inputs = vec![rand(&[2, 3, 9, 9], 50), rand(&[4, 3, 3, 3], 51), rand(&[4], 52)];
+        check(
+            &format!("conv2d_act slope {slope}"),
+            &inputs,
+            |t| conv2d_act(&t[0], &t[1], Some(&t[2]), 1, 1, slope),
+            |t| {
+                let y = t[0].conv2d(&t[1], 1, 1, 1, 1)?.broadcast_add(&t[2].reshape((1, (), 1, 1))?)?;
+                if slope == 0.0 {
+                    y.relu()
+                } else {
+                    y.maximum(&(&y * slope)?)
+                }
+            },
             1e-5,
         );
     }

@@ -93,14 +93,21 @@ impl Conv2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let w = self.weight.get(train)?;
-        kernels::conv::conv2d(x, &w, self.bias.as_ref(), self.stride, self.padding)
+        self.forward_act(x, train, 1.0)
     }
 
-    /// [`Self::forward_t`] of a mostly one-hot input (the semantic map), by gathers on the CPU.
-    pub fn forward_sparse_input(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    /// `leaky_relu(self.forward_t(x), slope)` (0: ReLU, 1: none), the activation fused with
+    /// the bias.
+    pub fn forward_act(&self, x: &Tensor, train: bool, slope: f64) -> candle_core::Result<Tensor> {
         let w = self.weight.get(train)?;
-        kernels::conv::conv2d_sparse_input(x, &w, self.bias.as_ref(), self.stride, self.padding)
+        kernels::conv::conv2d_act(x, &w, self.bias.as_ref(), self.stride, self.padding, slope)
+    }
+
+    /// [`Self::forward_act`] of a mostly one-hot input (the semantic map), by gathers on the
+    /// CPU.
+    pub fn forward_sparse_input(&self, x: &Tensor, train: bool, slope: f64) -> candle_core::Result<Tensor> {
+        let w = self.weight.get(train)?;
+        kernels::conv::conv2d_sparse_input(x, &w, self.bias.as_ref(), self.stride, self.padding, slope)
     }
 
     pub fn spectral(&self) -> Option<&SpectralNorm> {

@@ -38,7 +38,7 @@ impl Spade {
     pub fn forward_act(&self, x: &Tensor, seg: &Tensor, slope: f64, train: bool) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let seg = resize_nearest(seg, h, w)?;
-        let actv = self.mlp_shared.forward_sparse_input(&seg, train)?.relu()?;
+        let actv = self.mlp_shared.forward_sparse_input(&seg, train, 0.0)?;
         let gamma = self.mlp_gamma.forward_t(&actv, train)?;
         let beta = self.mlp_beta.forward_t(&actv, train)?;
         self.param_free_norm.modulate_act(x, &gamma, &beta, slope, train)

@@ -2,7 +2,7 @@
 //! output for the feature-matching loss.
 use crate::error::Result;
 use crate::layers::conv::{Conv2d, ConvSpec, NormConv};
-use crate::layers::ops::{avg_pool2d_no_pad_count, leaky_relu};
+use crate::layers::ops::avg_pool2d_no_pad_count;
 use crate::options::{ConvNorm, NetOptions};
 use crate::store::Vb;
 use candle_core::Tensor;
@@ -42,7 +42,7 @@ impl NLayerDiscriminator {
     /// Every layer's output; the last is the patch map.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Vec<Tensor>> {
         let mut outs = Vec::with_capacity(self.middle.len() + 2);
-        let mut x = leaky_relu(&self.first.forward_t(x, train)?, 0.2)?;
+        let mut x = self.first.forward_act(x, train, 0.2)?;
         outs.push(x.clone());
         for layer in &self.middle {
             x = layer.forward_act(&x, 0.2, train)?;
