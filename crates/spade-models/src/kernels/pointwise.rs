@@ -134,3 +134,73 @@ pub fn bias_act(y: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
     let (c, plane) = (dims[1], dims[2..].iter().product());
     y.contiguous()?.apply_op2(&b.contiguous()?, BiasAct { slope: slope as f32, channels: c, plane })
 }
+
+/// Nearest-neighbour x2 upsampling of `(n, c, h, w)`; backward sums each 2x2 block.
+struct Upsample2x {
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for Upsample2x {
+    fn name(&self) -> &'static str {
+        "spade-upsample2x"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "upsample2x")?;
+        let (h, w) = (self.h, self.w);
+        let mut y = vec![0f32; x.len() * 4];
+        y.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
+            for i in 0..h {
+                let src = &xp[i * w..(i + 1) * w];
+                let (r0, r1) = yp[2 * i * 2 * w..(2 * i + 2) * 2 * w].split_at_mut(2 * w);
+                for (j, &v) in src.iter().enumerate() {
+                    r0[2 * j] = v;
+                    r0[2 * j + 1] = v;
+                }
+                r1.copy_from_slice(r0);
+            }
+        });
+        let d = l.dims();
+        Ok((CpuStorage::F32(y), (d[0], d[1], 2 * h, 2 * w).into()))
+    }
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&Upsample2xGrad { h: self.h, w: self.w })?))
+    }
+}
+
+/// `(n, c, 2h, 2w) -> (n, c, h, w)`: the sum of each 2x2 block.
+struct Upsample2xGrad {
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp1 for Upsample2xGrad {
+    fn name(&self) -> &'static str {
+        "spade-upsample2x-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_slice(s, l, "upsample2x backward")?;
+        let (h, w) = (self.h, self.w);
+        let mut dx = vec![0f32; dy.len() / 4];
+        dx.par_chunks_mut(h * w).zip(dy.par_chunks(4 * h * w)).for_each(|(xp, yp)| {
+            for i in 0..h {
+                let r0 = &yp[2 * i * 2 * w..(2 * i + 1) * 2 * w];
+                let r1 = &yp[(2 * i + 1) * 2 * w..(2 * i + 2) * 2 * w];
+                for j in 0..w {
+                    xp[i * w + j] = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+                }
+            }
+        });
+        let d = l.dims();
+        Ok((CpuStorage::F32(dx), (d[0], d[1], h, w).into()))
+    }
+}
+
+/// `nn.Upsample(scale_factor=2)` (nearest) of an NCHW tensor.
+pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if !applies(x) {
+        return x.reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, 2, w, 2))?.reshape((n, c, 2 * h, 2 * w));
+    }
+    x.contiguous()?.apply_op1(Upsample2x { h, w })
+}

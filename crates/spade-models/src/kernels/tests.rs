@@ -258,3 +258,17 @@ fn conv_with_fused_activation_matches_candle() {
         );
     }
 }
+
+#[test]
+fn upsample2x_matches_broadcast() {
+    check(
+        "upsample2x",
+        &[rand(&[2, 3, 4, 5], 70)],
+        |t| super::pointwise::upsample2x(&t[0]),
+        |t| {
+            let (n, c, h, w) = t[0].dims4()?;
+            t[0].reshape((n, c, h, 1, w, 1))?.broadcast_as((n, c, h, 2, w, 2))?.reshape((n, c, 2 * h, 2 * w))
+        },
+        1e-6,
+    );
+}

@@ -63,16 +63,24 @@ impl<B: SegBlock> DecoderTrunk<B> {
 
     /// From the latent map `x` (N, 16nf, sh, sw) to the image (N, 3, H, W) in [-1, 1].
     pub fn forward_t(&self, x: &Tensor, seg: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut x = self.head_0.forward_t(x, seg, train)?;
+        // The map at each block's resolution, resized once (each block's SPADEs would resize it
+        // again, three per block, to the same size).
+        let at = |x: &Tensor| -> candle_core::Result<Tensor> {
+            let (_, _, h, w) = x.dims4()?;
+            resize_nearest(seg, h, w)
+        };
+        let mut x = self.head_0.forward_t(x, &at(x)?, train)?;
         x = upsample2x(&x)?;
-        x = self.g_middle_0.forward_t(&x, seg, train)?;
+        let mut seg_r = at(&x)?;
+        x = self.g_middle_0.forward_t(&x, &seg_r, train)?;
         if self.upsampling != Upsampling::Normal {
             x = upsample2x(&x)?;
+            seg_r = at(&x)?;
         }
-        x = self.g_middle_1.forward_t(&x, seg, train)?;
+        x = self.g_middle_1.forward_t(&x, &seg_r, train)?;
         for up in &self.ups {
             x = upsample2x(&x)?;
-            x = up.forward_t(&x, seg, train)?;
+            x = up.forward_t(&x, &at(&x)?, train)?;
         }
         self.conv_img.forward_t(&leaky_relu(&x, 0.2)?, train)?.tanh()
     }
