@@ -73,6 +73,9 @@ fn im2col(x: &[f32], g: &Geom, oy0: usize, oy1: usize, cols: &mut [f32]) {
                     let src = &xc[iy * g.w..(iy + 1) * g.w];
                     dst[..xlo].fill(0.0);
                     dst[xhi..].fill(0.0);
+                    if xlo >= xhi {
+                        continue;
+                    }
                     if g.stride == 1 {
                         let ix0 = xlo + kw - g.pad;
                         dst[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
@@ -98,6 +101,9 @@ fn col2im(cols: &[f32], g: &Geom, oy0: usize, oy1: usize, dx: &mut [f32]) {
             for kw in 0..k {
                 let (xlo, xhi) = valid_range(g.wo, g.w, kw, g.stride, g.pad);
                 let row = &chunk[(kh * k + kw) * p..(kh * k + kw + 1) * p];
+                if xlo >= xhi {
+                    continue;
+                }
                 for oy in ylo.max(oy0)..yhi.min(oy1) {
                     let iy = oy * g.stride + kh - g.pad;
                     let src = &row[(oy - oy0) * g.wo..(oy - oy0 + 1) * g.wo];

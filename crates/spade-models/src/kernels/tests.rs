@@ -65,6 +65,9 @@ fn conv2d_matches_candle() {
         (2, 3, 5, 5, 4, 4, 1, 2, true),
         (2, 3, 2, 2, 4, 4, 2, 2, true),
         (2, 3, 3, 3, 1, 4, 1, 2, true),
+        // Maps narrower than the padding: taps that see no input column at all.
+        (2, 3, 1, 1, 2, 4, 1, 2, true),
+        (1, 2, 3, 1, 2, 3, 1, 1, true),
         // The discriminator's first layer at the test trainer's size.
         (4, 11, 64, 64, 8, 4, 2, 2, true),
         (4, 8, 33, 33, 16, 4, 2, 2, false),
