@@ -53,41 +53,50 @@ pub trait Operand: Sync {
 
     /// `Ap[p*MR + i] = A(i0 + i, p0 + p)` for one panel, zero beyond the rows.
     fn pack_a(&self, i0: usize, p0: usize, kc: usize, out: &mut [f32]) {
-        let rows = MR.min(self.rows() - i0);
-        let mut run = [0f32; KC];
-        for i in 0..rows {
-            self.row_run(i0 + i, p0, &mut run[..kc]);
-            for (p, &v) in run[..kc].iter().enumerate() {
-                out[p * MR + i] = v;
-            }
-        }
-        for p in 0..kc {
-            out[p * MR + rows..(p + 1) * MR].fill(0.0);
-        }
+        pack_a_by_rows(self, i0, p0, kc, out)
     }
 
     /// Every panel of a `kc x nc` block: panel `jp` at `jp*kc*NR` holds
-    /// `Bp[p*NR + j] = B(p0 + p, j0 + jp*NR + j)`, zero beyond the columns. Rows are produced
-    /// in order, split between threads.
+    /// `Bp[p*NR + j] = B(p0 + p, j0 + jp*NR + j)`, zero beyond the columns.
     fn pack_b(&self, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-        let npanels = nc.div_ceil(NR);
-        assert!(out.len() >= npanels * kc * NR);
-        let base = CPtr(out.as_mut_ptr());
-        let threads = rayon::current_num_threads().max(1);
-        let per = kc.div_ceil(threads).max(1);
-        (0..kc.div_ceil(per)).into_par_iter().for_each(|t| {
-            for p in t * per..((t + 1) * per).min(kc) {
-                for jp in 0..npanels {
-                    let cols = NR.min(nc - jp * NR);
-                    // SAFETY: row p of panel jp lies inside `out` (checked above); threads own
-                    // disjoint rows p.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(base.offset(jp * kc * NR + p * NR).0, NR) };
-                    self.row_run(p0 + p, j0 + jp * NR, &mut dst[..cols]);
-                    dst[cols..].fill(0.0);
-                }
-            }
-        });
+        pack_b_by_rows(self, p0, j0, kc, nc, out)
     }
+}
+
+/// [`Operand::pack_a`] from row runs: each of the panel's rows read in order.
+fn pack_a_by_rows<O: Operand + ?Sized>(o: &O, i0: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    let rows = MR.min(o.rows() - i0);
+    let mut run = [0f32; KC];
+    for i in 0..rows {
+        o.row_run(i0 + i, p0, &mut run[..kc]);
+        for (p, &v) in run[..kc].iter().enumerate() {
+            out[p * MR + i] = v;
+        }
+    }
+    for p in 0..kc {
+        out[p * MR + rows..(p + 1) * MR].fill(0.0);
+    }
+}
+
+/// [`Operand::pack_b`] from row runs: rows produced in order, split between threads.
+fn pack_b_by_rows<O: Operand + ?Sized>(o: &O, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
+    let npanels = nc.div_ceil(NR);
+    assert!(out.len() >= npanels * kc * NR);
+    let base = CPtr(out.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    let per = kc.div_ceil(threads).max(1);
+    (0..kc.div_ceil(per)).into_par_iter().for_each(|t| {
+        for p in t * per..((t + 1) * per).min(kc) {
+            for jp in 0..npanels {
+                let cols = NR.min(nc - jp * NR);
+                // SAFETY: row p of panel jp lies inside `out` (checked above); threads own
+                // disjoint rows p.
+                let dst = unsafe { std::slice::from_raw_parts_mut(base.offset(jp * kc * NR + p * NR).0, NR) };
+                o.row_run(p0 + p, j0 + jp * NR, &mut dst[..cols]);
+                dst[cols..].fill(0.0);
+            }
+        }
+    });
 }
 
 impl Operand for MatRef<'_> {
@@ -110,19 +119,7 @@ impl Operand for MatRef<'_> {
 
     fn pack_a(&self, i0: usize, p0: usize, kc: usize, out: &mut [f32]) {
         if self.rs != 1 {
-            // Rows are contiguous (or at least not the fast axis): the generic row-by-row pack.
-            let rows = MR.min(self.rows - i0);
-            let mut run = [0f32; KC];
-            for i in 0..rows {
-                self.row_run(i0 + i, p0, &mut run[..kc]);
-                for (p, &v) in run[..kc].iter().enumerate() {
-                    out[p * MR + i] = v;
-                }
-            }
-            for p in 0..kc {
-                out[p * MR + rows..(p + 1) * MR].fill(0.0);
-            }
-            return;
+            return pack_a_by_rows(self, i0, p0, kc, out);
         }
         // A transposed matrix: the MR values of one p are contiguous.
         let rows = MR.min(self.rows - i0);
@@ -137,7 +134,7 @@ impl Operand for MatRef<'_> {
         let npanels = nc.div_ceil(NR);
         assert!(out.len() >= npanels * kc * NR);
         if !(self.rs == 1 && self.cs != 1) {
-            return generic_pack_b(self, p0, j0, kc, nc, out);
+            return pack_b_by_rows(self, p0, j0, kc, nc, out);
         }
         // A transposed matrix: its columns are contiguous, so read each column in order and
         // scatter it down its panel.
@@ -156,23 +153,6 @@ impl Operand for MatRef<'_> {
             }
         });
     }
-}
-
-/// The trait's default `pack_b`, callable from an override.
-fn generic_pack_b<O: Operand + ?Sized>(o: &O, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-    struct Plain<'a, O: ?Sized>(&'a O);
-    impl<O: Operand + ?Sized> Operand for Plain<'_, O> {
-        fn rows(&self) -> usize {
-            self.0.rows()
-        }
-        fn cols(&self) -> usize {
-            self.0.cols()
-        }
-        fn row_run(&self, r: usize, j0: usize, dst: &mut [f32]) {
-            self.0.row_run(r, j0, dst)
-        }
-    }
-    Plain(o).pack_b(p0, j0, kc, nc, out)
 }
 
 /// `C[MR x NR] (+)= Ap * Bp` over `kc`; C rows `ldc` apart.
