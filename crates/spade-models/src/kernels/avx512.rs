@@ -15,8 +15,6 @@ const MR: usize = 12;
 /// Columns of C per micro-kernel tile (two zmm registers).
 pub const NR: usize = 32;
 const KC: usize = 256;
-const MC: usize = 12 * 24;
-const NC: usize = NR * 128;
 
 /// Whether this CPU can run the kernel.
 pub fn available() -> bool {
@@ -56,10 +54,10 @@ pub trait Operand: Sync {
         pack_a_by_rows(self, i0, p0, kc, out)
     }
 
-    /// Every panel of a `kc x nc` block: panel `jp` at `jp*kc*NR` holds
-    /// `Bp[p*NR + j] = B(p0 + p, j0 + jp*NR + j)`, zero beyond the columns.
-    fn pack_b(&self, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-        pack_b_by_rows(self, p0, j0, kc, nc, out)
+    /// One panel: `Bp[p*NR + j] = B(p0 + p, j0 + j)` for `j < cols` (`cols <= NR`, the columns
+    /// left from `j0`), zero beyond. Called by the thread that then uses the panel.
+    fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
+        pack_b_by_rows(self, p0, j0, kc, cols, out)
     }
 }
 
@@ -78,25 +76,36 @@ fn pack_a_by_rows<O: Operand + ?Sized>(o: &O, i0: usize, p0: usize, kc: usize, o
     }
 }
 
-/// [`Operand::pack_b`] from row runs: rows produced in order, split between threads.
-fn pack_b_by_rows<O: Operand + ?Sized>(o: &O, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-    let npanels = nc.div_ceil(NR);
-    assert!(out.len() >= npanels * kc * NR);
-    let base = CPtr(out.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
-    let per = kc.div_ceil(threads).max(1);
-    (0..kc.div_ceil(per)).into_par_iter().for_each(|t| {
-        for p in t * per..((t + 1) * per).min(kc) {
-            for jp in 0..npanels {
-                let cols = NR.min(nc - jp * NR);
-                // SAFETY: row p of panel jp lies inside `out` (checked above); threads own
-                // disjoint rows p.
-                let dst = unsafe { std::slice::from_raw_parts_mut(base.offset(jp * kc * NR + p * NR).0, NR) };
-                o.row_run(p0 + p, j0 + jp * NR, &mut dst[..cols]);
-                dst[cols..].fill(0.0);
-            }
+/// [`Operand::pack_b`] from row runs.
+pub fn pack_b_by_rows<O: Operand + ?Sized>(o: &O, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
+    for (p, dst) in out[..kc * NR].chunks_exact_mut(NR).enumerate() {
+        o.row_run(p0 + p, j0, &mut dst[..cols]);
+        dst[cols..].fill(0.0);
+    }
+}
+
+/// [`Operand::pack_b`] from column runs (`col_run(j, p0, dst)` fills `B(p0.., j)`), scattered
+/// down the panel: for operands whose columns are contiguous.
+pub fn pack_b_by_cols(
+    col_run: impl Fn(usize, usize, &mut [f32]),
+    p0: usize,
+    j0: usize,
+    kc: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    let mut run = [0f32; KC];
+    for j in 0..cols {
+        col_run(j0 + j, p0, &mut run[..kc]);
+        for (p, &v) in run[..kc].iter().enumerate() {
+            out[p * NR + j] = v;
         }
-    });
+    }
+    if cols < NR {
+        for p in 0..kc {
+            out[p * NR + cols..(p + 1) * NR].fill(0.0);
+        }
+    }
 }
 
 impl Operand for MatRef<'_> {
@@ -130,28 +139,16 @@ impl Operand for MatRef<'_> {
         }
     }
 
-    fn pack_b(&self, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-        let npanels = nc.div_ceil(NR);
-        assert!(out.len() >= npanels * kc * NR);
+    fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
         if !(self.rs == 1 && self.cs != 1) {
-            return pack_b_by_rows(self, p0, j0, kc, nc, out);
+            return pack_b_by_rows(self, p0, j0, kc, cols, out);
         }
-        // A transposed matrix: its columns are contiguous, so read each column in order and
-        // scatter it down its panel.
-        out[..npanels * kc * NR].par_chunks_mut(kc * NR).enumerate().for_each(|(jp, panel)| {
-            let cols = NR.min(nc - jp * NR);
-            for j in 0..cols {
-                let src = &self.data[p0 + (j0 + jp * NR + j) * self.cs..][..kc];
-                for (p, &v) in src.iter().enumerate() {
-                    panel[p * NR + j] = v;
-                }
-            }
-            if cols < NR {
-                for p in 0..kc {
-                    panel[p * NR + cols..(p + 1) * NR].fill(0.0);
-                }
-            }
-        });
+        // A transposed matrix: its columns are contiguous.
+        let col = |j: usize, p0: usize, dst: &mut [f32]| {
+            let n = dst.len();
+            dst.copy_from_slice(&self.data[p0 + j * self.cs..][..n]);
+        };
+        pack_b_by_cols(col, p0, j0, kc, cols, out)
     }
 }
 
@@ -203,7 +200,38 @@ unsafe fn tile(kc: usize, ap: *const f32, bp: *const f32, c: CPtr, ldc: usize, r
     }
 }
 
+thread_local! {
+    /// This thread's packed panels of A and of B, reused across calls.
+    static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` with this thread's buffer `buf`, at least `len` long (contents unspecified).
+fn with_buf<R>(
+    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    buf.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
+
+/// Rows of A packed at once: the block stays in L2 while the B panels stream through L1.
+const MC_BIG: usize = MR * 64;
+/// Columns of C per block: C's block stays in cache across the `KC` slices.
+const NC: usize = NR * 128;
+
 /// `dst (m x n, rows ldc apart) (+)= a * b`. Callers check `available()`.
+///
+/// For each `KC` slice of the inner dimension, A's rows are packed once (in blocks of
+/// [`MC_BIG`]); the B panels are split between threads, and each thread packs a panel and
+/// runs it against every A panel while it is in L1, so no B block is written out whole. Where
+/// B has too few panels to share (a narrow product), threads split the A panels instead.
 pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -219,50 +247,59 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
         }
         let c = CPtr(dst.as_mut_ptr());
         let threads = rayon::current_num_threads().max(1);
-        let mut bpack = vec![0f32; KC * NC.min(n.div_ceil(NR) * NR)];
-        let mut apack = vec![0f32; KC * MC];
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
-            let npanels = nc.div_ceil(NR);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let load = accumulate || pc > 0;
-                b.pack_b(pc, jc, kc, nc, &mut bpack);
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
-                    let mpanels = mc.div_ceil(MR);
-                    apack[..mpanels * kc * MR]
-                        .par_chunks_mut(kc * MR)
-                        .enumerate()
-                        .for_each(|(ip, out)| a.pack_a(ic + ip * MR, pc, kc, out));
-                    let (ap, bp) = (&apack, &bpack);
-                    let per = npanels.div_ceil(threads);
-                    (0..npanels.div_ceil(per)).into_par_iter().for_each(|t| {
-                        for jp in t * per..((t + 1) * per).min(npanels) {
-                            let j = jc + jp * NR;
-                            let cols = NR.min(n - j);
-                            for ip in 0..mpanels {
-                                let i = ic + ip * MR;
-                                let rows = MR.min(m - i);
-                                // SAFETY: AVX-512 was detected by the caller; the packed panels
-                                // hold kc*MR and kc*NR values; the tile lies inside C (rows,
-                                // cols clipped) and threads write disjoint column ranges.
+        let npanels = n.div_ceil(NR);
+        let split_m = npanels < 2 * threads && m.div_ceil(MR) >= 2 * threads;
+        if !split_m {
+            let mut apack = Vec::new();
+            for jc in (0..n).step_by(NC) {
+                let nc = NC.min(n - jc);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    gemm_block(c, ldc, a, b, (pc, kc), (jc, nc), accumulate || pc > 0, &mut apack);
+                }
+            }
+            return;
+        }
+        let mut bpack = Vec::new();
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let load = accumulate || pc > 0;
+            {
+                // Pack all of B's panels once, threads split the rows of A.
+                bpack.resize(npanels * kc * NR, 0.0);
+                bpack
+                    .par_chunks_mut(kc * NR)
+                    .enumerate()
+                    .for_each(|(jp, out)| b.pack_b(pc, jp * NR, kc, NR.min(n - jp * NR), out));
+                let bp = &bpack;
+                let mpanels = m.div_ceil(MR);
+                let per = mpanels.div_ceil(threads);
+                (0..mpanels.div_ceil(per)).into_par_iter().for_each(|t| {
+                    with_buf(&PACK_A, kc * MR, |ap| {
+                        for ip in t * per..((t + 1) * per).min(mpanels) {
+                            let i = ip * MR;
+                            a.pack_a(i, pc, kc, ap);
+                            for jp in 0..npanels {
+                                let j = jp * NR;
+                                // SAFETY: AVX-512 was detected by the caller; the packed
+                                // panels hold kc*MR and kc*NR values; the tile lies inside C
+                                // (rows, cols clipped) and threads write disjoint row ranges.
                                 unsafe {
                                     tile(
                                         kc,
-                                        ap[ip * kc * MR..].as_ptr(),
+                                        ap.as_ptr(),
                                         bp[jp * kc * NR..].as_ptr(),
                                         c.offset(i * ldc + j),
                                         ldc,
-                                        rows,
-                                        cols,
+                                        MR.min(m - i),
+                                        NR.min(n - j),
                                         load,
                                     )
                                 }
                             }
                         }
-                    });
-                }
+                    })
+                });
             }
         }
     }
@@ -270,5 +307,62 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
     {
         let _ = (dst, ldc, a, b, accumulate);
         unreachable!("the AVX-512 kernel is only called where available() is true")
+    }
+}
+
+/// The split-N step of [`sgemm`]: C's columns `jc..jc + nc` over the inner slice `pc..pc + kc`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_block<A: Operand, B: Operand>(
+    c: CPtr,
+    ldc: usize,
+    a: &A,
+    b: &B,
+    (pc, kc): (usize, usize),
+    (jc, nc): (usize, usize),
+    load: bool,
+    apack: &mut Vec<f32>,
+) {
+    let (m, n) = (a.rows(), b.cols());
+    let threads = rayon::current_num_threads().max(1);
+    let npanels = nc.div_ceil(NR);
+    for ic in (0..m).step_by(MC_BIG) {
+        let mc = MC_BIG.min(m - ic);
+        let mpanels = mc.div_ceil(MR);
+        apack.resize(mpanels * kc * MR, 0.0);
+        if mpanels > 1 {
+            apack.par_chunks_mut(kc * MR).enumerate().for_each(|(ip, out)| a.pack_a(ic + ip * MR, pc, kc, out));
+        } else {
+            a.pack_a(ic, pc, kc, apack);
+        }
+        let ap = &*apack;
+        let per = npanels.div_ceil(threads);
+        (0..npanels.div_ceil(per)).into_par_iter().for_each(|t| {
+            with_buf(&PACK_B, kc * NR, |bp| {
+                for jp in t * per..((t + 1) * per).min(npanels) {
+                    let j = jc + jp * NR;
+                    let cols = NR.min(n - j);
+                    b.pack_b(pc, j, kc, cols, bp);
+                    for ip in 0..mpanels {
+                        let i = ic + ip * MR;
+                        // SAFETY: AVX-512 was detected by the caller of sgemm; the packed panels
+                        // hold kc*MR and kc*NR values; the tile lies inside C (rows, cols
+                        // clipped) and threads write disjoint column ranges.
+                        unsafe {
+                            tile(
+                                kc,
+                                ap[ip * kc * MR..].as_ptr(),
+                                bp.as_ptr(),
+                                c.offset(i * ldc + j),
+                                ldc,
+                                MR.min(m - i),
+                                cols,
+                                load,
+                            )
+                        }
+                    }
+                }
+            })
+        });
     }
 }

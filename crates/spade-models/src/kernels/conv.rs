@@ -8,9 +8,10 @@
 //! it reuses these three kernels with their roles exchanged.
 use super::avx512::{self, Operand};
 use super::gemm::{sgemm, use_avx512, MatRef};
+use super::pointwise::{bias_act_grads, bias_act_in_place};
 use super::sparse::{self, Geom1, SparsePixels};
 use super::{applies, f32_slice};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The geometry of one convolution `X (cin, h, w) -> Y (cout, ho, wo)`.
@@ -179,40 +180,6 @@ impl Operand for Im2Col<'_> {
     fn row_run(&self, r: usize, j0: usize, dst: &mut [f32]) {
         self.run(r, j0, dst)
     }
-    fn pack_b(&self, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-        // One run per im2col row over the whole block, then cut into the panels: a run per
-        // (row, panel) spends its time on index arithmetic.
-        const NR: usize = super::avx512::NR;
-        let npanels = nc.div_ceil(NR);
-        let base = Shared(out.as_mut_ptr());
-        assert!(out.len() >= npanels * kc * NR);
-        let threads = rayon::current_num_threads().max(1);
-        let per = kc.div_ceil(threads).max(1);
-        (0..kc.div_ceil(per)).into_par_iter().for_each(|t| {
-            let mut row = vec![0f32; npanels * NR];
-            for p in t * per..((t + 1) * per).min(kc) {
-                self.run(p0 + p, j0, &mut row[..nc]);
-                for jp in 0..npanels {
-                    // SAFETY: row p of panel jp lies inside `out` (checked above); threads own
-                    // disjoint rows p.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(base.at(jp * kc * NR + p * NR), NR) };
-                    dst.copy_from_slice(&row[jp * NR..(jp + 1) * NR]);
-                }
-            }
-        });
-    }
-}
-
-/// A pointer into a packing buffer shared by threads that write disjoint parts.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, off: usize) -> *mut f32 {
-        self.0.wrapping_add(off)
-    }
 }
 
 /// The transpose `(P x K)` of [`Im2Col`], as the right operand of the weight gradient: its
@@ -233,25 +200,207 @@ impl Operand for Im2ColT<'_> {
             *d = one[0];
         }
     }
-    fn pack_b(&self, p0: usize, j0: usize, kc: usize, nc: usize, out: &mut [f32]) {
-        const NR: usize = super::avx512::NR;
-        let npanels = nc.div_ceil(NR);
-        out[..npanels * kc * NR].par_chunks_mut(kc * NR).enumerate().for_each(|(jp, panel)| {
-            let cols = NR.min(nc - jp * NR);
-            let mut run = vec![0f32; kc];
-            for j in 0..cols {
-                self.0.run(j0 + jp * NR + j, p0, &mut run);
-                for (p, &v) in run.iter().enumerate() {
-                    panel[p * NR + j] = v;
-                }
-            }
-            if cols < NR {
-                for p in 0..kc {
-                    panel[p * NR + cols..(p + 1) * NR].fill(0.0);
-                }
-            }
-        });
+    fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
+        avx512::pack_b_by_cols(|j, p0, dst| self.0.run(j, p0, dst), p0, j0, kc, cols, out)
     }
+}
+
+/// Stride-1 convolution over a zero-padded copy of the input, without im2col: with the input
+/// padded to `hp x wp`, the tap `(c, kh, kw)` at output pixel `j = oy*wp + ox` reads
+/// `xp[c*hp*wp + kh*wp + kw + j]`, so each row of the product's right operand is a contiguous
+/// run of the padded input and a panel is packed by plain copies. The output is computed `wp`
+/// wide (the `wp - wo` extra columns of each row are discarded).
+struct Shifted<'a> {
+    xp: &'a [f32],
+    cin: usize,
+    k: usize,
+    hp: usize,
+    wp: usize,
+    ho: usize,
+}
+
+impl Shifted<'_> {
+    fn base(&self, r: usize) -> usize {
+        let (c, t) = (r / (self.k * self.k), r % (self.k * self.k));
+        c * self.hp * self.wp + (t / self.k) * self.wp + t % self.k
+    }
+}
+
+impl Operand for Shifted<'_> {
+    fn rows(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    fn cols(&self) -> usize {
+        self.ho * self.wp
+    }
+    fn row_run(&self, r: usize, j0: usize, dst: &mut [f32]) {
+        let n = dst.len();
+        dst.copy_from_slice(&self.xp[self.base(r) + j0..][..n]);
+    }
+    fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
+        const NR: usize = avx512::NR;
+        for (p, dst) in out[..kc * NR].chunks_exact_mut(NR).enumerate() {
+            let b = self.base(p0 + p) + j0;
+            dst[..cols].copy_from_slice(&self.xp[b..b + cols]);
+            dst[cols..].fill(0.0);
+        }
+    }
+}
+
+/// Length of the padded copy of `cin x h x w` with `pad` on every side, plus the slack that
+/// the last channel's shifted runs read past its end (into discarded columns).
+fn padded_len(cin: usize, h: usize, w: usize, pad: usize, k: usize) -> usize {
+    cin * (h + 2 * pad) * (w + 2 * pad) + k
+}
+
+/// `xp = x (cin x h x w)` zero-padded by `pad`, laid out `cin x hp x wp`.
+fn pad_into(x: &[f32], cin: usize, h: usize, w: usize, pad: usize, xp: &mut [f32]) {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let plane = hp * wp;
+    xp[cin * plane..].fill(0.0);
+    xp[..cin * plane].par_chunks_mut(plane).enumerate().for_each(|(c, dst)| {
+        let src = &x[c * h * w..(c + 1) * h * w];
+        dst[..pad * wp].fill(0.0);
+        dst[(pad + h) * wp..].fill(0.0);
+        for iy in 0..h {
+            let row = &mut dst[(iy + pad) * wp..(iy + pad + 1) * wp];
+            row[..pad].fill(0.0);
+            row[pad + w..].fill(0.0);
+            row[pad..pad + w].copy_from_slice(&src[iy * w..(iy + 1) * w]);
+        }
+    });
+}
+
+thread_local! {
+    /// Padded input and wide output of [`shifted_conv`], reused across calls.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_local<R>(
+    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    buf.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
+
+/// `y (cout x ho x wo) = conv(x (cin x h x w), w (cout x cin*k*k))`, stride 1, padding `pad`,
+/// through [`Shifted`].
+#[allow(clippy::too_many_arguments)]
+fn shifted_conv(
+    x: &[f32],
+    cin: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    wt: &[f32],
+    cout: usize,
+    k: usize,
+    y: &mut [f32],
+    epi: Option<Epilogue>,
+) {
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let (ho, wo) = (hp + 1 - k, wp + 1 - k);
+    with_local(&PADDED, padded_len(cin, h, w, pad, k), |xp| {
+        pad_into(x, cin, h, w, pad, xp);
+        let b = Shifted { xp, cin, k, hp, wp, ho };
+        let wm = MatRef::row_major(wt, cout, cin * k * k);
+        with_local(&WIDE, cout * ho * wp, |wide| {
+            avx512::sgemm(wide, ho * wp, &wm, &b, false);
+            y[..cout * ho * wo].par_chunks_mut(ho * wo).zip(wide.par_chunks(ho * wp)).enumerate().for_each(
+                |(co, (yc, wc))| {
+                    for oy in 0..ho {
+                        let row = &mut yc[oy * wo..(oy + 1) * wo];
+                        row.copy_from_slice(&wc[oy * wp..oy * wp + wo]);
+                        if let Some(e) = epi {
+                            bias_act_in_place(row, e.bias[co], e.slope);
+                        }
+                    }
+                },
+            );
+        })
+    })
+}
+
+/// Whether [`shifted_conv`] serves this geometry: stride 1 and maps wide enough that the
+/// discarded columns (`2 * pad` per row) cost little.
+fn use_shifted(g: &Geom) -> bool {
+    g.stride == 1 && !g.pointwise() && g.wo >= 16 && use_avx512()
+}
+
+/// `W (cout, cin, k, k) -> Wf (cin, cout, k, k)` flipped in space: the weight of the
+/// convolution that is the input gradient of a stride-1 convolution.
+fn flip_transpose(w: &[f32], g: &Geom) -> Vec<f32> {
+    let kk = g.k * g.k;
+    let mut wf = output_vec(w.len());
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            for t in 0..kk {
+                wf[(ci * g.cout + co) * kk + kk - 1 - t] = w[(co * g.cin + ci) * kk + t];
+            }
+        }
+    }
+    wf
+}
+
+/// The padded input transposed to pixel-major `(hp*wp + k) x cin` as the right operand of the
+/// weight gradient: `B(j, (kh*k + kw)*cin + c) = xt[((oy + kh)*wp + ox + kw)*cin + c]` for the
+/// output pixel `j = oy*wo + ox`, so a panel row is a run of channels at one input pixel.
+struct ShiftedT<'a> {
+    xt: &'a [f32],
+    cin: usize,
+    k: usize,
+    wp: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Operand for ShiftedT<'_> {
+    fn rows(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn cols(&self) -> usize {
+        self.k * self.k * self.cin
+    }
+    fn row_run(&self, j: usize, r0: usize, dst: &mut [f32]) {
+        let (oy, ox) = (j / self.wo, j % self.wo);
+        let mut d = 0;
+        while d < dst.len() {
+            let r = r0 + d;
+            let (t, c) = (r / self.cin, r % self.cin);
+            let seg = (self.cin - c).min(dst.len() - d);
+            let px = (oy + t / self.k) * self.wp + ox + t % self.k;
+            dst[d..d + seg].copy_from_slice(&self.xt[px * self.cin + c..][..seg]);
+            d += seg;
+        }
+    }
+}
+
+/// `xt ((hp*wp + k) x cin)`: `x (cin x h x w)` zero-padded by `pad` and transposed to
+/// pixel-major.
+fn pad_transpose_into(x: &[f32], cin: usize, h: usize, w: usize, pad: usize, k: usize, xt: &mut [f32]) {
+    let wp = w + 2 * pad;
+    let hp = h + 2 * pad;
+    xt[..pad * wp * cin].fill(0.0);
+    xt[(pad + h) * wp * cin..].fill(0.0);
+    let _ = (hp, k);
+    xt[pad * wp * cin..(pad + h) * wp * cin].par_chunks_mut(wp * cin).enumerate().for_each(|(iy, row)| {
+        row[..pad * cin].fill(0.0);
+        row[(pad + w) * cin..].fill(0.0);
+        for ix in 0..w {
+            let px = &mut row[(pad + ix) * cin..(pad + ix + 1) * cin];
+            for (c, v) in px.iter_mut().enumerate() {
+                *v = x[c * h * w + iy * w + ix];
+            }
+        }
+    });
 }
 
 /// Largest im2col block, in floats (16 MB): a sample's output rows are processed in blocks
@@ -280,14 +429,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// A vector whose every element the caller overwrites before reading.
-fn output_vec(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns; every caller writes all `len` elements (a
-    // non-accumulating product over the whole destination) before the vector is read.
-    unsafe { v.set_len(len) };
-    v
-}
+use super::uninit_vec as output_vec;
 
 /// `y (n x cout x ho x wo) = conv(x, w)`.
 /// The one-hot path's geometry and this sample's nonzeros, where it applies.
@@ -300,30 +442,42 @@ fn sparse_sample(xn: &[f32], g: &Geom, sparse_input: bool) -> Option<(SparsePixe
     Some((sp, g1))
 }
 
-fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool) -> Vec<f32> {
+/// A per-channel bias and LeakyReLU applied to a convolution's output as it is written.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    bias: &'a [f32],
+    slope: f32,
+}
+
+fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Option<Epilogue>) -> Vec<f32> {
     let (kd, p) = (g.kdim(), g.out_px());
     let mut y = output_vec(n * g.cout * p);
     let wm = MatRef::row_major(w, g.cout, kd);
     for (i, yn) in y.chunks_mut(g.cout * p).enumerate() {
         let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
+        if use_shifted(g) && !sparse_input {
+            shifted_conv(xn, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, yn, epi);
+            continue;
+        }
         if let Some((sp, g1)) = sparse_sample(xn, g, sparse_input) {
             sparse::forward(&sp, w, &g1, yn);
-            continue;
-        }
-        if g.pointwise() {
+        } else if g.pointwise() {
             sgemm(yn, p, wm, MatRef::row_major(xn, kd, p), false);
-            continue;
-        }
-        if use_avx512() {
+        } else if use_shifted(g) {
+            shifted_conv(xn, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, yn, None);
+        } else if use_avx512() {
             avx512::sgemm(yn, p, &wm, &Im2Col { x: xn, g: *g }, false);
-            continue;
+        } else {
+            for (oy0, oy1) in row_blocks(g) {
+                let q = (oy1 - oy0) * g.wo;
+                with_scratch(kd * q, |cols| {
+                    im2col(xn, g, oy0, oy1, cols);
+                    sgemm(&mut yn[oy0 * g.wo..], p, wm, MatRef::row_major(cols, kd, q), false);
+                });
+            }
         }
-        for (oy0, oy1) in row_blocks(g) {
-            let q = (oy1 - oy0) * g.wo;
-            with_scratch(kd * q, |cols| {
-                im2col(xn, g, oy0, oy1, cols);
-                sgemm(&mut yn[oy0 * g.wo..], p, wm, MatRef::row_major(cols, kd, q), false);
-            });
+        if let Some(e) = epi {
+            yn.par_chunks_mut(p).enumerate().for_each(|(co, yc)| bias_act_in_place(yc, e.bias[co], e.slope));
         }
     }
     y
@@ -332,6 +486,17 @@ fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool) -> Vec<
 /// `dx (n x cin x h x w)` from `dy (n x cout x ho x wo)`.
 fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
     let (kd, p) = (g.kdim(), g.out_px());
+    if use_shifted(g) && g.pad < g.k && g.w >= 16 {
+        // The input gradient of a stride-1 convolution is the convolution of dy, padded by
+        // k - 1 - pad, with the flipped transposed weight.
+        let wf = flip_transpose(w, g);
+        let mut dx = output_vec(n * g.cin * g.in_px());
+        for (i, dxn) in dx.chunks_mut(g.cin * g.in_px()).enumerate() {
+            let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
+            shifted_conv(dyn_, g.cout, g.ho, g.wo, g.k - 1 - g.pad, &wf, g.cin, g.k, dxn, None);
+        }
+        return dx;
+    }
     let mut dx = if g.pointwise() { output_vec(n * g.cin * g.in_px()) } else { vec![0f32; n * g.cin * g.in_px()] };
     let wt = MatRef::transposed(w, kd, g.cout);
     for (i, dxn) in dx.chunks_mut(g.cin * g.in_px()).enumerate() {
@@ -356,6 +521,29 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
 fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool) -> Vec<f32> {
     let (kd, p) = (g.kdim(), g.out_px());
     let mut dw = output_vec(g.cout * kd);
+    if use_shifted(g) && !sparse_input {
+        // dW in (cout, kh, kw, cin) order from the pixel-major padded input, then permuted.
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        with_local(&PADDED, (hp * wp + g.k) * g.cin, |xt| {
+            for i in 0..n {
+                let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
+                let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
+                pad_transpose_into(xn, g.cin, g.h, g.w, g.pad, g.k, xt);
+                let b = ShiftedT { xt, cin: g.cin, k: g.k, wp, ho: g.ho, wo: g.wo };
+                avx512::sgemm(&mut dw, kd, &MatRef::row_major(dyn_, g.cout, p), &b, i > 0);
+            }
+        });
+        let kk = g.k * g.k;
+        let mut out = output_vec(g.cout * kd);
+        out.par_chunks_mut(kd).zip(dw.par_chunks(kd)).for_each(|(o, d)| {
+            for t in 0..kk {
+                for c in 0..g.cin {
+                    o[c * kk + t] = d[t * g.cin + c];
+                }
+            }
+        });
+        return out;
+    }
     let mut first = true;
     for i in 0..n {
         let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
@@ -403,6 +591,22 @@ struct ConvOp {
 }
 
 impl ConvOp {
+    fn desc(&self) -> String {
+        let g = &self.g;
+        format!(
+            "n{} {}x{}x{} -> {}x{}x{} k{} s{}{}",
+            self.n,
+            g.cin,
+            g.h,
+            g.w,
+            g.cout,
+            g.ho,
+            g.wo,
+            g.k,
+            g.stride,
+            if self.sparse_input { " sparse" } else { "" }
+        )
+    }
     fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &BwdData(*self))?) } else { None };
@@ -419,12 +623,65 @@ impl CustomOp2 for ConvOp {
         let (x, w) = (f32_slice(s1, l1, "conv2d")?, f32_slice(s2, l2, "conv2d")?);
         let g = &self.g;
         Ok(cpu(
-            super::profile::time("conv fwd", || forward(x, w, g, self.n, self.sparse_input)),
+            super::profile::time(super::profile::detailed("conv fwd", || self.desc()), || {
+                forward(x, w, g, self.n, self.sparse_input, None)
+            }),
             (self.n, g.cout, g.ho, g.wo),
         ))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         self.grads(x, w, dy)
+    }
+}
+
+/// `act(conv(x, w) + b)`: a [`ConvOp`] whose output gets the per-channel bias and the
+/// LeakyReLU(`slope`) (1: none) as it is written.
+#[derive(Debug, Clone, Copy)]
+struct ConvBiasAct {
+    conv: ConvOp,
+    slope: f32,
+}
+
+impl CustomOp3 for ConvBiasAct {
+    fn name(&self) -> &'static str {
+        "spade-conv2d-bias-act"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(s1, l1, "conv2d")?, f32_slice(s2, l2, "conv2d")?);
+        let bias = f32_slice(s3, l3, "conv2d bias")?;
+        let c = &self.conv;
+        let g = &c.g;
+        if bias.len() != g.cout {
+            candle_core::bail!("conv2d: bias has {} values for {} output channels", bias.len(), g.cout)
+        }
+        let epi = Epilogue { bias, slope: self.slope };
+        Ok(cpu(
+            super::profile::time(super::profile::detailed("conv fwd", || c.desc()), || {
+                forward(x, w, g, c.n, c.sparse_input, Some(epi))
+            }),
+            (c.n, g.cout, g.ho, g.wo),
+        ))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        da: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.conv.g;
+        let (dv, db) = bias_act_grads(out, b, da, self.slope, g.cout, g.out_px())?;
+        let (dx, dw) = self.conv.grads(x, w, &dv)?;
+        Ok((dx, dw, db))
     }
 }
 
@@ -438,7 +695,12 @@ impl CustomOp2 for BwdData {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (dy, w) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
         let ConvOp { g, n, .. } = self.0;
-        Ok(cpu(super::profile::time("conv bwd data", || backward_data(dy, w, &g, n)), (n, g.cin, g.h, g.w)))
+        Ok(cpu(
+            super::profile::time(super::profile::detailed("conv bwd data", || self.0.desc()), || {
+                backward_data(dy, w, &g, n)
+            }),
+            (n, g.cin, g.h, g.w),
+        ))
     }
 }
 
@@ -453,7 +715,9 @@ impl CustomOp2 for BwdFilter {
         let (x, dy) = (f32_slice(s1, l1, "conv2d backward")?, f32_slice(s2, l2, "conv2d backward")?);
         let ConvOp { g, n, .. } = self.0;
         Ok(cpu(
-            super::profile::time("conv bwd filter", || backward_filter(x, dy, &g, n, self.0.sparse_input)),
+            super::profile::time(super::profile::detailed("conv bwd filter", || self.0.desc()), || {
+                backward_filter(x, dy, &g, n, self.0.sparse_input)
+            }),
             (g.cout, g.cin, g.k, g.k),
         ))
     }
@@ -509,8 +773,17 @@ pub fn conv2d_sparse_input(
         return conv2d_act(x, w, b, stride, pad, slope);
     }
     let (g, n) = conv_geom(x, w, stride, pad)?;
-    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { g, n, sparse_input: true })?;
-    bias_then_act(y, b, slope)
+    apply_conv(x, w, b, slope, ConvOp { g, n, sparse_input: true })
+}
+
+/// `act(conv(x, w) + b)` on the CPU: with a bias, the bias and activation are applied as the
+/// convolution writes its output.
+fn apply_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, slope: f64, op: ConvOp) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, ConvBiasAct { conv: op, slope: slope as f32 }),
+        None => bias_then_act(x.apply_op2(&w, op)?, None, slope),
+    }
 }
 
 /// The bias and activation after a convolution, in one op.
@@ -535,8 +808,7 @@ pub fn conv2d_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad
         return bias_then_act(y, b, slope);
     }
     let (g, n) = conv_geom(x, w, stride, pad)?;
-    let y = x.contiguous()?.apply_op2(&w.contiguous()?, ConvOp { g, n, sparse_input: false })?;
-    bias_then_act(y, b, slope)
+    apply_conv(x, w, b, slope, ConvOp { g, n, sparse_input: false })
 }
 
 /// `F.conv_transpose2d(x, w, b, stride, padding, output_padding)` with `w (ci, co, k, k)`.

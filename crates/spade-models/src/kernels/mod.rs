@@ -56,6 +56,16 @@ fn keep_freed_memory() {
     }
 }
 
+/// A vector whose every element the caller overwrites before reading: skips the zeroing pass
+/// (and, for fresh pages, the faults it would take) of `vec![0.0; len]`.
+pub(crate) fn uninit_vec(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns; every caller writes all `len` elements before
+    // the vector is read.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// The f32 slice behind a contiguous CPU storage.
 pub(crate) fn f32_slice<'a>(
     s: &'a candle_core::CpuStorage,
@@ -83,9 +93,25 @@ pub mod profile {
 
     static TABLE: Mutex<BTreeMap<&'static str, (f64, u64)>> = Mutex::new(BTreeMap::new());
 
+    fn level() -> u8 {
+        static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| std::env::var("SPADE_PROFILE").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
     fn on() -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::env::var("SPADE_PROFILE").is_ok_and(|v| v == "1"))
+        level() >= 1
+    }
+
+    /// With `SPADE_PROFILE=2`, `name` followed by the detail `what()` (e.g. a geometry), so
+    /// that the table breaks a kernel down by shape; otherwise `name`.
+    pub fn detailed(name: &'static str, what: impl FnOnce() -> String) -> &'static str {
+        if level() < 2 {
+            return name;
+        }
+        static NAMES: Mutex<BTreeMap<String, &'static str>> = Mutex::new(BTreeMap::new());
+        let key = format!("{name} {}", what());
+        let mut names = NAMES.lock().expect("profile names");
+        names.entry(key.clone()).or_insert_with(|| Box::leak(key.into_boxed_str()))
     }
 
     /// Runs `f`, adding its wall time to `name` when profiling.

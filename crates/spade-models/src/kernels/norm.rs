@@ -91,7 +91,7 @@ impl NormAct {
         if let (NormStats::Batch, Some(slot)) = (&self.stats, &self.batch_stats) {
             *slot.lock().expect("batch statistics lock") = Some((mean.clone(), var));
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = super::uninit_vec(x.len());
         let slope = self.slope;
         out.par_chunks_mut(p).enumerate().for_each(|(pl, o)| {
             let gi = self.group_of(pl);
@@ -131,7 +131,8 @@ impl NormAct {
         let slope = self.slope;
         // dy = da * act'(y); act' is read from the sign of the output (slope > 0).
         let dy_at = |i: usize| if a[i] > 0.0 { da[i] } else { da[i] * slope };
-        let mut dgb = if want_gb && gb.is_some() { Some((vec![0f32; x.len()], vec![0f32; x.len()])) } else { None };
+        let mut dgb =
+            if want_gb && gb.is_some() { Some((super::uninit_vec(x.len()), super::uninit_vec(x.len()))) } else { None };
         // Pass 1: per-plane sums of dx̂ and dx̂ * x̂ (and dgamma, dbeta).
         let sums: Vec<(f64, f64)> = match dgb.as_mut() {
             Some((dg, db)) => dg
@@ -183,7 +184,7 @@ impl NormAct {
         }
         let per_group = (x.len() / p / groups * p) as f64;
         let fixed = matches!(self.stats, NormStats::Fixed { .. });
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = super::uninit_vec(x.len());
         dx.par_chunks_mut(p).enumerate().for_each(|(pl, dxp)| {
             let gi = self.group_of(pl);
             let (m, s) = (mean[gi], istd[gi]);

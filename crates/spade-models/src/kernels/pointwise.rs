@@ -14,7 +14,7 @@ impl CustomOp1 for LeakyRelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "leaky_relu")?;
         let slope = self.0;
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::uninit_vec(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = if x > 0.0 { x } else { x * slope };
@@ -29,7 +29,7 @@ impl CustomOp1 for LeakyRelu {
 }
 
 /// `(y, dy) -> dx` of [`LeakyRelu`].
-struct LeakyReluGrad(f32);
+pub(crate) struct LeakyReluGrad(pub(crate) f32);
 
 impl CustomOp2 for LeakyReluGrad {
     fn name(&self) -> &'static str {
@@ -38,7 +38,7 @@ impl CustomOp2 for LeakyReluGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, dy) = (f32_slice(s1, l1, "leaky_relu backward")?, f32_slice(s2, l2, "leaky_relu backward")?);
         let slope = self.0;
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = super::uninit_vec(y.len());
         dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
             for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
                 *dx = if y > 0.0 { dy } else { dy * slope };
@@ -71,7 +71,7 @@ impl CustomOp2 for BiasAct {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, b) = (f32_slice(s1, l1, "bias")?, f32_slice(s2, l2, "bias")?);
         let (c, p, slope) = (self.channels, self.plane, self.slope);
-        let mut out = vec![0f32; y.len()];
+        let mut out = super::uninit_vec(y.len());
         out.par_chunks_mut(p).zip(y.par_chunks(p)).enumerate().for_each(|(pl, (o, y))| {
             let b = b[pl % c];
             for (o, &y) in o.iter_mut().zip(y) {
@@ -82,24 +82,40 @@ impl CustomOp2 for BiasAct {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(&self, y: &Tensor, b: &Tensor, out: &Tensor, da: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dv = if self.slope == 1.0 {
-            da.contiguous()?
-        } else {
-            out.apply_op2_no_bwd(&da.contiguous()?, &LeakyReluGrad(self.slope))?
-        };
-        let db = if b.track_op() {
-            Some(dv.apply_op1_no_bwd(&ChannelSum { channels: self.channels, plane: self.plane })?)
-        } else {
-            None
-        };
+        let (dv, db) = bias_act_grads(out, b, da, self.slope, self.channels, self.plane)?;
         Ok((y.track_op().then_some(dv), db))
     }
 }
 
-/// `(n, c, ...) -> (c)`: the sum over everything but the channel.
-struct ChannelSum {
+/// `act(v + b)`'s gradients from its output `out` and output gradient `da`: that of `v`, and
+/// that of `b` (when `b` is tracked).
+pub(crate) fn bias_act_grads(
+    out: &Tensor,
+    b: &Tensor,
+    da: &Tensor,
+    slope: f32,
     channels: usize,
     plane: usize,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let dv =
+        if slope == 1.0 { da.contiguous()? } else { out.apply_op2_no_bwd(&da.contiguous()?, &LeakyReluGrad(slope))? };
+    let db = if b.track_op() { Some(dv.apply_op1_no_bwd(&ChannelSum { channels, plane })?) } else { None };
+    Ok((dv, db))
+}
+
+/// `v + b` then LeakyReLU(`slope`) in place (1: none, 0: ReLU), as [`BiasAct`] computes it.
+#[inline]
+pub(crate) fn bias_act_in_place(v: &mut [f32], b: f32, slope: f32) {
+    for v in v {
+        let y = *v + b;
+        *v = if y > 0.0 || slope == 1.0 { y } else { y * slope };
+    }
+}
+
+/// `(n, c, ...) -> (c)`: the sum over everything but the channel.
+pub(crate) struct ChannelSum {
+    pub(crate) channels: usize,
+    pub(crate) plane: usize,
 }
 
 impl CustomOp1 for ChannelSum {
@@ -148,7 +164,7 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "upsample2x")?;
         let (h, w) = (self.h, self.w);
-        let mut y = vec![0f32; x.len() * 4];
+        let mut y = super::uninit_vec(x.len() * 4);
         y.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
             for i in 0..h {
                 let src = &xp[i * w..(i + 1) * w];
@@ -181,7 +197,7 @@ impl CustomOp1 for Upsample2xGrad {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dy = f32_slice(s, l, "upsample2x backward")?;
         let (h, w) = (self.h, self.w);
-        let mut dx = vec![0f32; dy.len() / 4];
+        let mut dx = super::uninit_vec(dy.len() / 4);
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(4 * h * w)).for_each(|(xp, yp)| {
             for i in 0..h {
                 let r0 = &yp[2 * i * 2 * w..(2 * i + 1) * 2 * w];

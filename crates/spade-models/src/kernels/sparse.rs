@@ -80,34 +80,62 @@ fn taps_major(w: &[f32], g: &Geom1) -> Vec<f32> {
     t
 }
 
+/// A pointer to the output that threads share; each writes disjoint rows of pixels.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, off: usize) -> *mut f32 {
+        self.0.wrapping_add(off)
+    }
+}
+
 /// `y (cout x ho*wo) = conv(x, w)` for one sample given as sparse pixels.
 pub(crate) fn forward(sp: &SparsePixels, w: &[f32], g: &Geom1, y: &mut [f32]) {
     let wt = taps_major(w, g);
     let p = g.ho * g.wo;
-    // Pixel-major accumulation (each output pixel adds a few contiguous weight rows), then one
-    // transpose into channel-major.
-    let mut acc = vec![0f32; p * g.cout];
-    acc.par_chunks_mut(g.wo * g.cout).enumerate().for_each(|(oy, row)| {
-        for ox in 0..g.wo {
-            let a = &mut row[ox * g.cout..(ox + 1) * g.cout];
+    assert!(y.len() >= g.cout * p);
+    let out = OutPtr(y.as_mut_ptr());
+    // Per output row: pixel-major accumulation (each output pixel adds a few contiguous weight
+    // rows) into a small buffer, then transposed into the channel-major output.
+    (0..g.ho).into_par_iter().for_each_init(
+        || vec![0f32; g.wo * g.cout],
+        |acc, oy| {
+            acc.fill(0.0);
             for kh in 0..g.k {
+                let iy = oy + kh;
+                if iy < g.pad || iy - g.pad >= g.h {
+                    continue;
+                }
+                let iy = iy - g.pad;
                 for kw in 0..g.k {
-                    let Some(src) = g.src(oy, ox, kh, kw) else { continue };
-                    for (c, v) in sp.at(src) {
-                        let wr = &wt[((c * g.k + kh) * g.k + kw) * g.cout..][..g.cout];
-                        for (a, &wv) in a.iter_mut().zip(wr) {
-                            *a += v * wv;
+                    // Output columns whose input column ox + kw - pad lies in [0, w).
+                    let lo = g.pad.saturating_sub(kw);
+                    let hi = (g.w + g.pad).saturating_sub(kw).min(g.wo);
+                    for ox in lo..hi {
+                        let src = iy * g.w + ox + kw - g.pad;
+                        let a = &mut acc[ox * g.cout..(ox + 1) * g.cout];
+                        for (c, v) in sp.at(src) {
+                            let wr = &wt[((c * g.k + kh) * g.k + kw) * g.cout..][..g.cout];
+                            for (a, &wv) in a.iter_mut().zip(wr) {
+                                *a += v * wv;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
-    y[..g.cout * p].par_chunks_mut(p).enumerate().for_each(|(co, yrow)| {
-        for (j, v) in yrow.iter_mut().enumerate() {
-            *v = acc[j * g.cout + co];
-        }
-    });
+            for co in 0..g.cout {
+                // SAFETY: row oy of channel co lies inside y (asserted above); each task owns
+                // its row oy in every channel.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(co * p + oy * g.wo), g.wo) };
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    *d = acc[ox * g.cout + co];
+                }
+            }
+        },
+    );
 }
 
 /// `dw (cout x cin x k x k) (+)= ` the weight gradient of one sample, `dy (cout x ho*wo)`.

@@ -75,6 +75,12 @@ fn conv2d_matches_candle() {
         (1, 32, 128, 128, 4, 3, 1, 1, true),
         (1, 128, 96, 96, 3, 4, 2, 2, false),
         (1, 1, 5, 5, 1, 4, 2, 2, false),
+        // Stride 1 on maps at least 16 wide: the shifted-input path, with channel counts that
+        // split the weight gradient's panels across taps, padding 0 and 2, and k = 4.
+        (2, 5, 17, 20, 7, 3, 1, 1, true),
+        (2, 40, 19, 22, 33, 3, 1, 0, false),
+        (2, 3, 16, 18, 5, 4, 1, 2, true),
+        (1, 70, 24, 16, 13, 5, 1, 2, true),
     ];
     for (i, &(n, cin, h, w, cout, k, stride, pad, bias)) in cases.iter().enumerate() {
         let mut inputs = vec![rand(&[n, cin, h, w], i as u64), rand(&[cout, cin, k, k], 10 + i as u64)];
