@@ -239,10 +239,28 @@ impl Operand for Shifted<'_> {
     }
     fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
         const NR: usize = avx512::NR;
-        for (p, dst) in out[..kc * NR].chunks_exact_mut(NR).enumerate() {
-            let b = self.base(p0 + p) + j0;
-            dst[..cols].copy_from_slice(&self.xp[b..b + cols]);
-            dst[cols..].fill(0.0);
+        let (k, plane) = (self.k, self.hp * self.wp);
+        // (c, kh, kw) of row p0, stepped along with the rows.
+        let (mut c, t) = (p0 / (k * k), p0 % (k * k));
+        let (mut kh, mut kw) = (t / k, t % k);
+        for dst in out[..kc * NR].chunks_exact_mut(NR) {
+            let b = c * plane + kh * self.wp + kw + j0;
+            if cols == NR {
+                let dst: &mut [f32; NR] = dst.try_into().expect("panel row");
+                *dst = self.xp[b..b + NR].try_into().expect("panel row");
+            } else {
+                dst[..cols].copy_from_slice(&self.xp[b..b + cols]);
+                dst[cols..].fill(0.0);
+            }
+            kw += 1;
+            if kw == k {
+                kw = 0;
+                kh += 1;
+                if kh == k {
+                    kh = 0;
+                    c += 1;
+                }
+            }
         }
     }
 }
@@ -379,6 +397,43 @@ impl Operand for ShiftedT<'_> {
             let px = (oy + t / self.k) * self.wp + ox + t % self.k;
             dst[d..d + seg].copy_from_slice(&self.xt[px * self.cin + c..][..seg]);
             d += seg;
+        }
+    }
+    fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
+        const NR: usize = avx512::NR;
+        // The panel's columns as runs of channels at one tap: (offset of the tap's pixel,
+        // first channel, first column, length), the same for every row.
+        let mut segs = [(0usize, 0usize, 0usize, 0usize); NR];
+        let (mut nseg, mut d) = (0, 0);
+        while d < cols {
+            let r = j0 + d;
+            let (t, c) = (r / self.cin, r % self.cin);
+            let len = (self.cin - c).min(cols - d);
+            segs[nseg] = ((t / self.k) * self.wp + t % self.k, c, d, len);
+            nseg += 1;
+            d += len;
+        }
+        let segs = &segs[..nseg];
+        let (mut oy, mut ox) = (p0 / self.wo, p0 % self.wo);
+        for dst in out[..kc * NR].chunks_exact_mut(NR) {
+            let px = oy * self.wp + ox;
+            if cols == NR && nseg == 1 {
+                let (off, c, _, _) = segs[0];
+                let b = (px + off) * self.cin + c;
+                let dst: &mut [f32; NR] = dst.try_into().expect("panel row");
+                *dst = self.xt[b..b + NR].try_into().expect("panel row");
+            } else {
+                for &(off, c, d, len) in segs {
+                    let b = (px + off) * self.cin + c;
+                    dst[d..d + len].copy_from_slice(&self.xt[b..b + len]);
+                }
+                dst[cols..].fill(0.0);
+            }
+            ox += 1;
+            if ox == self.wo {
+                ox = 0;
+                oy += 1;
+            }
         }
     }
 }
