@@ -4,7 +4,7 @@
 //! running statistics, and `act` is LeakyReLU with a slope (1 for none). One pass forward, two
 //! passes backward, instead of a dozen element-wise candle ops and their gradients.
 use super::{applies, f32_slice};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +32,27 @@ struct NormAct {
     batch_stats: Option<BatchStats>,
 }
 
+/// Gamma and beta: two tensors shaped as x, or one `(n, 2c, ...)` tensor with gamma's channels
+/// then beta's (`stacked`, as one convolution computes them).
+#[derive(Clone, Copy)]
+struct Gb<'a> {
+    g: &'a [f32],
+    b: &'a [f32],
+    stacked: bool,
+}
+
+/// The gradients of gamma and beta, laid out as their [`Gb`].
+enum DGb {
+    Separate(Vec<f32>, Vec<f32>),
+    Stacked(Vec<f32>),
+}
+
+/// A pointer that threads writing disjoint planes share.
+#[derive(Clone, Copy)]
+struct PlanePtr(*mut f32);
+unsafe impl Send for PlanePtr {}
+unsafe impl Sync for PlanePtr {}
+
 impl NormAct {
     fn groups(&self) -> usize {
         let (n, c, _) = self.dims;
@@ -47,6 +68,24 @@ impl NormAct {
             NormStats::Instance => plane,
             _ => plane % c,
         }
+    }
+
+    /// Offsets of plane `pl`'s gamma and beta in their slices.
+    fn gb_offsets(&self, pl: usize, stacked: bool) -> (usize, usize) {
+        let (_, c, p) = self.dims;
+        if stacked {
+            let (ni, ci) = (pl / c, pl % c);
+            ((ni * 2 * c + ci) * p, (ni * 2 * c + c + ci) * p)
+        } else {
+            (pl * p, pl * p)
+        }
+    }
+
+    /// Plane `pl`'s gamma and beta.
+    fn gb_plane<'a>(&self, gb: Gb<'a>, pl: usize) -> (&'a [f32], &'a [f32]) {
+        let p = self.dims.2;
+        let (og, ob) = self.gb_offsets(pl, gb.stacked);
+        (&gb.g[og..og + p], &gb.b[ob..ob + p])
     }
 
     /// Per-group mean and 1/sqrt(var + eps) (and the biased variance), two-pass in f64.
@@ -85,7 +124,7 @@ impl NormAct {
         (mean.iter().map(|&m| m as f32).collect(), istd, var.iter().map(|&v| v as f32).collect())
     }
 
-    fn forward(&self, x: &[f32], gb: Option<(&[f32], &[f32])>) -> Vec<f32> {
+    fn forward(&self, x: &[f32], gb: Option<Gb>) -> Vec<f32> {
         let (_, _, p) = self.dims;
         let (mean, istd, var) = self.mean_istd(x);
         if let (NormStats::Batch, Some(slot)) = (&self.stats, &self.batch_stats) {
@@ -98,8 +137,8 @@ impl NormAct {
             let (m, s) = (mean[gi], istd[gi]);
             let xs = &x[pl * p..(pl + 1) * p];
             match gb {
-                Some((g, b)) => {
-                    let (g, b) = (&g[pl * p..(pl + 1) * p], &b[pl * p..(pl + 1) * p]);
+                Some(gb) => {
+                    let (g, b) = self.gb_plane(gb, pl);
                     for j in 0..p {
                         let y = (xs[j] - m) * s * (1.0 + g[j]) + b[j];
                         o[j] = if y > 0.0 { y } else { y * slope };
@@ -120,30 +159,55 @@ impl NormAct {
     fn backward(
         &self,
         x: &[f32],
-        gb: Option<(&[f32], &[f32])>,
+        gb: Option<Gb>,
         a: &[f32],
         da: &[f32],
         want_x: bool,
         want_gb: bool,
-    ) -> (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>) {
+    ) -> (Option<Vec<f32>>, Option<DGb>) {
         let (_, _, p) = self.dims;
+        let planes = x.len() / p;
         let (mean, istd, _) = self.mean_istd(x);
         let slope = self.slope;
         // dy = da * act'(y); act' is read from the sign of the output (slope > 0).
         let dy_at = |i: usize| if a[i] > 0.0 { da[i] } else { da[i] * slope };
-        let mut dgb =
-            if want_gb && gb.is_some() { Some((super::uninit_vec(x.len()), super::uninit_vec(x.len()))) } else { None };
+        // 1 + gamma of plane pl (1 without modulation).
+        let scale = |pl: usize| gb.map(|gb| self.gb_plane(gb, pl).0);
+        let mut dgb = match gb {
+            Some(gb) if want_gb => Some(if gb.stacked {
+                DGb::Stacked(super::uninit_vec(2 * x.len()))
+            } else {
+                DGb::Separate(super::uninit_vec(x.len()), super::uninit_vec(x.len()))
+            }),
+            _ => None,
+        };
+        let (pg, pb) = match dgb.as_mut() {
+            Some(DGb::Stacked(v)) => (PlanePtr(v.as_mut_ptr()), PlanePtr(v.as_mut_ptr())),
+            Some(DGb::Separate(g, b)) => (PlanePtr(g.as_mut_ptr()), PlanePtr(b.as_mut_ptr())),
+            None => (PlanePtr(std::ptr::null_mut()), PlanePtr(std::ptr::null_mut())),
+        };
+        let write_gb = dgb.is_some();
+        let stacked = gb.is_some_and(|gb| gb.stacked);
         // Pass 1: per-plane sums of dx̂ and dx̂ * x̂ (and dgamma, dbeta).
-        let sums: Vec<(f64, f64)> = match dgb.as_mut() {
-            Some((dg, db)) => dg
-                .par_chunks_mut(p)
-                .zip(db.par_chunks_mut(p))
-                .enumerate()
-                .map(|(pl, (dg, db))| {
-                    let gi = self.group_of(pl);
-                    let (m, s) = (mean[gi], istd[gi]);
-                    let g = &gb.expect("gamma").0[pl * p..(pl + 1) * p];
-                    let (mut s1, mut s2) = (0f64, 0f64);
+        let sums: Vec<(f64, f64)> = (0..planes)
+            .into_par_iter()
+            .map(|pl| {
+                let gi = self.group_of(pl);
+                let (m, s) = (mean[gi], istd[gi]);
+                let g = scale(pl);
+                let (og, ob) = self.gb_offsets(pl, stacked);
+                let (mut s1, mut s2) = (0f64, 0f64);
+                if write_gb {
+                    let (pg, pb) = (pg, pb);
+                    // SAFETY: plane pl's gamma and beta gradients are disjoint `p`-long ranges
+                    // inside the vectors allocated above, written by this task only.
+                    let (dg, db) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(pg.0.add(og), p),
+                            std::slice::from_raw_parts_mut(pb.0.add(ob), p),
+                        )
+                    };
+                    let g = g.expect("gamma");
                     for j in 0..p {
                         let i = pl * p + j;
                         let dy = dy_at(i);
@@ -154,25 +218,17 @@ impl NormAct {
                         s1 += dxh as f64;
                         s2 += (dxh * xh) as f64;
                     }
-                    (s1, s2)
-                })
-                .collect(),
-            None => (0..x.len() / p)
-                .into_par_iter()
-                .map(|pl| {
-                    let gi = self.group_of(pl);
-                    let (m, s) = (mean[gi], istd[gi]);
-                    let (mut s1, mut s2) = (0f64, 0f64);
+                } else {
                     for j in 0..p {
                         let i = pl * p + j;
-                        let dxh = dy_at(i) * gb.map_or(1.0, |(g, _)| 1.0 + g[i]);
+                        let dxh = dy_at(i) * g.map_or(1.0, |g| 1.0 + g[j]);
                         s1 += dxh as f64;
                         s2 += (dxh * (x[i] - m) * s) as f64;
                     }
-                    (s1, s2)
-                })
-                .collect(),
-        };
+                }
+                (s1, s2)
+            })
+            .collect();
         if !want_x {
             return (None, dgb);
         }
@@ -182,16 +238,17 @@ impl NormAct {
             g1[self.group_of(pl)] += s1;
             g2[self.group_of(pl)] += s2;
         }
-        let per_group = (x.len() / p / groups * p) as f64;
+        let per_group = (planes / groups * p) as f64;
         let fixed = matches!(self.stats, NormStats::Fixed { .. });
         let mut dx = super::uninit_vec(x.len());
         dx.par_chunks_mut(p).enumerate().for_each(|(pl, dxp)| {
             let gi = self.group_of(pl);
             let (m, s) = (mean[gi], istd[gi]);
             let (c1, c2) = ((g1[gi] / per_group) as f32, (g2[gi] / per_group) as f32);
+            let g = scale(pl);
             for j in 0..p {
                 let i = pl * p + j;
-                let dxh = dy_at(i) * gb.map_or(1.0, |(g, _)| 1.0 + g[i]);
+                let dxh = dy_at(i) * g.map_or(1.0, |g| 1.0 + g[j]);
                 dxp[j] = if fixed { dxh * s } else { s * (dxh - c1 - (x[i] - m) * s * c2) };
             }
         });
@@ -260,7 +317,8 @@ impl CustomOp3 for NormAct {
                 l3.dims()
             )
         }
-        Ok((CpuStorage::F32(super::profile::time("norm fwd", || self.forward(x, Some((g, b))))), l1.shape().clone()))
+        let gb = Gb { g, b, stacked: false };
+        Ok((CpuStorage::F32(super::profile::time("norm fwd", || self.forward(x, Some(gb)))), l1.shape().clone()))
     }
     fn bwd(
         &self,
@@ -276,20 +334,104 @@ impl CustomOp3 for NormAct {
             with_f32(x, |x| {
                 with_f32(g, |g| {
                     with_f32(b, |b| {
-                        with_f32(a, |a| with_f32(da, |da| self.backward(x, Some((g, b)), a, da, want_x, want_gb)))
+                        let gb = Gb { g, b, stacked: false };
+                        with_f32(a, |a| with_f32(da, |da| self.backward(x, Some(gb), a, da, want_x, want_gb)))
                     })
                 })
             })
         })?????;
         let dx = dx.map(|v| tensor_like(v, x)).transpose()?;
         let (dg, db) = match dgb {
-            Some((dg, db)) => (
+            Some(DGb::Stacked(_)) => unreachable!("separate gamma and beta give separate gradients"),
+            Some(DGb::Separate(dg, db)) => (
                 if g.track_op() { Some(tensor_like(dg, g)?) } else { None },
                 if b.track_op() { Some(tensor_like(db, b)?) } else { None },
             ),
             None => (None, None),
         };
         Ok((dx, dg, db))
+    }
+}
+
+/// [`NormAct`] with gamma and beta stacked in one `(n, 2c, ...)` tensor.
+struct NormActStacked(NormAct);
+
+impl CustomOp2 for NormActStacked {
+    fn name(&self) -> &'static str {
+        "spade-norm-modulate-act-stacked"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "SPADE modulation")?;
+        let gb = f32_slice(s2, l2, "SPADE gamma and beta")?;
+        if gb.len() != 2 * x.len() {
+            candle_core::bail!(
+                "SPADE modulation: x {:?} needs gamma and beta stacked as (n, 2c, ...), got {:?}",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        let gb = Gb { g: gb, b: gb, stacked: true };
+        Ok((CpuStorage::F32(super::profile::time("norm fwd", || self.0.forward(x, Some(gb)))), l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, gb: &Tensor, a: &Tensor, da: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_gb) = (x.track_op(), gb.track_op());
+        let (dx, dgb) = super::profile::time("norm bwd", || {
+            with_f32(x, |x| {
+                with_f32(gb, |g| {
+                    let gb = Gb { g, b: g, stacked: true };
+                    with_f32(a, |a| with_f32(da, |da| self.0.backward(x, Some(gb), a, da, want_x, want_gb)))
+                })
+            })
+        })????;
+        let dx = dx.map(|v| tensor_like(v, x)).transpose()?;
+        let dgb = match dgb {
+            Some(DGb::Stacked(v)) => Some(tensor_like(v, gb)?),
+            Some(DGb::Separate(..)) => unreachable!("stacked gamma and beta give a stacked gradient"),
+            None => None,
+        };
+        Ok((dx, dgb))
+    }
+}
+
+/// [`norm_modulate_act`] with gamma and beta stacked along the channels of one `(n, 2c, ...)`
+/// tensor (gamma's `c` channels, then beta's), as one convolution of SPADE's hidden map
+/// computes them: no copies to split them, and one gradient tensor.
+pub fn norm_modulate_act_stacked(
+    x: &Tensor,
+    stats: NormStats,
+    eps: f64,
+    gamma_beta: &Tensor,
+    slope: f64,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let c = x.dim(1)?;
+    if !applies(x) {
+        let (g, b) = (gamma_beta.narrow(1, 0, c)?, gamma_beta.narrow(1, c, c)?);
+        return composed(x, stats, eps, Some((&g, &b)), slope);
+    }
+    if gamma_beta.dims()[0] != x.dims()[0] || gamma_beta.dim(1)? != 2 * c || gamma_beta.dims()[2..] != x.dims()[2..] {
+        candle_core::bail!(
+            "SPADE modulation: x {:?} needs gamma and beta stacked as (n, 2c, ...), got {:?}",
+            x.dims(),
+            gamma_beta.dims()
+        )
+    }
+    let dims = dims3(x.layout())?;
+    let batch_stats: Option<BatchStats> = matches!(stats, NormStats::Batch).then(|| Arc::new(Mutex::new(None)));
+    let op = NormAct { stats, eps, slope: slope as f32, dims, batch_stats: batch_stats.clone() };
+    let y = x.contiguous()?.apply_op2(&gamma_beta.contiguous()?, NormActStacked(op))?;
+    Ok((y, take_batch_stats(batch_stats, x.device())?))
+}
+
+/// The batch statistics a `Batch` forward left in its slot, as tensors.
+fn take_batch_stats(slot: Option<BatchStats>, dev: &candle_core::Device) -> Result<Option<(Tensor, Tensor)>> {
+    match slot {
+        Some(slot) => {
+            let (m, v) =
+                slot.lock().expect("batch statistics lock").take().expect("batch statistics written by forward");
+            let c = m.len();
+            Ok(Some((Tensor::from_vec(m, c, dev)?, Tensor::from_vec(v, c, dev)?)))
+        }
+        None => Ok(None),
     }
 }
 
@@ -314,16 +456,7 @@ pub fn norm_modulate_act(
         Some((g, b)) => x.apply_op3(&g.contiguous()?, &b.contiguous()?, op)?,
         None => x.apply_op1(op)?,
     };
-    let st = match batch_stats {
-        Some(slot) => {
-            let (m, v) =
-                slot.lock().expect("batch statistics lock").take().expect("batch statistics written by forward");
-            let c = m.len();
-            Some((Tensor::from_vec(m, c, x.device())?, Tensor::from_vec(v, c, x.device())?))
-        }
-        None => None,
-    };
-    Ok((y, st))
+    Ok((y, take_batch_stats(batch_stats, x.device())?))
 }
 
 /// The same computation with stock candle ops (other devices and dtypes, and the reference for

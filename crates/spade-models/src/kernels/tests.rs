@@ -1,6 +1,6 @@
 //! Gradient checks: every fast kernel against the composed candle ops, values and gradients.
 use super::conv::{conv2d, conv_transpose2d};
-use super::norm::{composed, norm_modulate_act, NormStats};
+use super::norm::{composed, norm_modulate_act, norm_modulate_act_stacked, NormStats};
 use super::pointwise::leaky_relu;
 use candle_core::{Device, Result, Tensor, Var};
 
@@ -147,6 +147,28 @@ fn norm_modulate_act_matches_composed() {
 }
 
 #[test]
+fn stacked_modulation_matches_composed() {
+    let shape = [3, 4, 5, 6];
+    let fixed = NormStats::Fixed { mean: vec![0.1, -0.2, 0.3, 0.0], var: vec![0.5, 1.5, 0.9, 2.0] };
+    for stats in [NormStats::Batch, NormStats::Instance, fixed] {
+        for slope in [0.2, 1.0] {
+            let inputs = [((rand(&shape, 1) * 3.0).unwrap() + 0.5).unwrap(), rand(&[3, 8, 5, 6], 2)];
+            let (s1, s2) = (stats.clone(), stats.clone());
+            check(
+                &format!("stacked norm {stats:?} slope {slope}"),
+                &inputs,
+                move |t| Ok(norm_modulate_act_stacked(&t[0], s1.clone(), 1e-5, &t[1], slope)?.0),
+                move |t| {
+                    let (g, b) = (t[1].narrow(1, 0, 4)?, t[1].narrow(1, 4, 4)?);
+                    Ok(composed(&t[0], s2.clone(), 1e-5, Some((&g, &b)), slope)?.0)
+                },
+                2e-5,
+            );
+        }
+    }
+}
+
+#[test]
 fn batch_statistics_are_returned() {
     let x = rand(&[2, 3, 4, 4], 4);
     let (_, fast) = norm_modulate_act(&x, NormStats::Batch, 1e-5, None, 1.0).unwrap();
@@ -163,10 +185,21 @@ fn leaky_relu_matches_composed() {
 #[test]
 fn sgemm_matches_naive_products() {
     use super::gemm::{sgemm, MatRef};
-    // Shapes around the kernel's tile (12 x 32) and block (256 deep) sizes, and views with
-    // row-major and transposed strides.
-    for (i, &(m, n, k)) in
-        [(1, 1, 1), (12, 32, 256), (13, 33, 257), (30, 70, 600), (5, 300, 3), (128, 100, 40)].iter().enumerate()
+    // Shapes around the kernel's tile (8 x 48) and block (256 deep, 768 rows) sizes, narrow
+    // products that split A's rows between threads, and views with row-major and transposed
+    // strides.
+    for (i, &(m, n, k)) in [
+        (1, 1, 1),
+        (8, 48, 256),
+        (9, 49, 257),
+        (30, 70, 600),
+        (5, 300, 3),
+        (128, 100, 40),
+        (800, 20, 30),
+        (40, 4200, 10),
+    ]
+    .iter()
+    .enumerate()
     {
         let a = rand(&[m * k], 30 + i as u64).to_vec1::<f32>().unwrap();
         let b = rand(&[k * n], 40 + i as u64).to_vec1::<f32>().unwrap();

@@ -110,6 +110,21 @@ impl Conv2d {
         kernels::conv::conv2d_sparse_input(x, &w, self.bias.as_ref(), self.stride, self.padding, slope)
     }
 
+    /// The convolutions `a` and `b` of the same input as one, their outputs stacked along the
+    /// channels (a's first): one product with twice the rows instead of two. They must share
+    /// kernel size, stride, padding and whether they have a bias.
+    pub fn forward_stacked(a: &Conv2d, b: &Conv2d, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if (a.stride, a.padding, a.bias.is_some()) != (b.stride, b.padding, b.bias.is_some()) {
+            candle_core::bail!("stacked convolutions need the same stride, padding and bias presence")
+        }
+        let w = Tensor::cat(&[&a.weight.get(train)?, &b.weight.get(train)?], 0)?;
+        let bias = match (&a.bias, &b.bias) {
+            (Some(ba), Some(bb)) => Some(Tensor::cat(&[ba, bb], 0)?),
+            _ => None,
+        };
+        kernels::conv::conv2d_act(x, &w, bias.as_ref(), a.stride, a.padding, 1.0)
+    }
+
     pub fn spectral(&self) -> Option<&SpectralNorm> {
         match &self.weight {
             Weight::Spectral(sn) => Some(sn),

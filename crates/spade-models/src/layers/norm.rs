@@ -1,7 +1,7 @@
 //! Normalisation layers: batch norm (affine or param-free, training and running statistics)
 //! and instance norm.
 use crate::error::Result;
-use crate::kernels::norm::{norm_modulate_act, NormStats};
+use crate::kernels::norm::{norm_modulate_act, norm_modulate_act_stacked, NormStats};
 use crate::kernels::pointwise::leaky_relu;
 use crate::options::NormType;
 use crate::store::{Init, Vb};
@@ -50,6 +50,27 @@ impl BatchNorm {
         slope: f64,
         train: bool,
     ) -> candle_core::Result<Tensor> {
+        self.normalize_by(x, train, |stats| norm_modulate_act(x, stats, EPS, gamma_beta, slope))
+    }
+
+    /// [`Self::normalize`] with gamma and beta stacked in one `(n, 2c, h, w)` tensor.
+    pub fn normalize_stacked(
+        &self,
+        x: &Tensor,
+        gamma_beta: &Tensor,
+        slope: f64,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.normalize_by(x, train, |stats| norm_modulate_act_stacked(x, stats, EPS, gamma_beta, slope))
+    }
+
+    /// Runs the fused kernel `f` with this mode's statistics and updates the running ones.
+    fn normalize_by(
+        &self,
+        x: &Tensor,
+        train: bool,
+        f: impl FnOnce(NormStats) -> candle_core::Result<(Tensor, Option<(Tensor, Tensor)>)>,
+    ) -> candle_core::Result<Tensor> {
         let c = x.dim(1)?;
         let stats = if train {
             NormStats::Batch
@@ -59,7 +80,7 @@ impl BatchNorm {
                 var: self.running_var.as_tensor().to_dtype(DType::F32)?.to_vec1()?,
             }
         };
-        let (y, batch) = norm_modulate_act(x, stats, EPS, gamma_beta, slope)?;
+        let (y, batch) = f(stats)?;
         if let Some((mean, var)) = batch {
             let n = x.elem_count() / c;
             let dt = self.running_mean.dtype();
@@ -148,6 +169,25 @@ impl Norm {
                 } else {
                     leaky_relu(&y, slope)
                 }
+            }
+        }
+    }
+    /// [`Self::modulate_act`] with gamma and beta stacked in one `(n, 2c, h, w)` tensor (gamma's
+    /// channels first), as one convolution computes them.
+    pub fn modulate_act_stacked(
+        &self,
+        x: &Tensor,
+        gamma_beta: &Tensor,
+        slope: f64,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Norm::Batch(bn) if bn.weight.is_none() => bn.normalize_stacked(x, gamma_beta, slope, train),
+            Norm::Instance => Ok(norm_modulate_act_stacked(x, NormStats::Instance, EPS, gamma_beta, slope)?.0),
+            Norm::Batch(_) | Norm::None => {
+                let c = x.dim(1)?;
+                let (gamma, beta) = (gamma_beta.narrow(1, 0, c)?, gamma_beta.narrow(1, c, c)?);
+                self.modulate_act(x, &gamma, &beta, slope, train)
             }
         }
     }

@@ -39,6 +39,11 @@ impl Spade {
         let (_, _, h, w) = x.dims4()?;
         let seg = resize_nearest(seg, h, w)?;
         let actv = self.mlp_shared.forward_sparse_input(&seg, train, 0.0)?;
+        if crate::kernels::applies(&actv) {
+            // One convolution for gamma and beta, read in place by the fused norm.
+            let gamma_beta = Conv2d::forward_stacked(&self.mlp_gamma, &self.mlp_beta, &actv, train)?;
+            return self.param_free_norm.modulate_act_stacked(x, &gamma_beta, slope, train);
+        }
         let gamma = self.mlp_gamma.forward_t(&actv, train)?;
         let beta = self.mlp_beta.forward_t(&actv, train)?;
         self.param_free_norm.modulate_act(x, &gamma, &beta, slope, train)
