@@ -282,29 +282,31 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
                 let mpanels = m.div_ceil(MR);
                 let per = mpanels.div_ceil(threads);
                 (0..mpanels.div_ceil(per)).into_par_iter().for_each(|t| {
-                    with_buf(&PACK_A, kc * MR, |ap| {
-                        for ip in t * per..((t + 1) * per).min(mpanels) {
-                            let i = ip * MR;
-                            a.pack_a(i, pc, kc, ap);
-                            for jp in 0..npanels {
-                                let j = jp * NR;
-                                // SAFETY: AVX-512 was detected by the caller; the packed
-                                // panels hold kc*MR and kc*NR values; the tile lies inside C
-                                // (rows, cols clipped) and threads write disjoint row ranges.
-                                unsafe {
-                                    tile(
-                                        kc,
-                                        ap.as_ptr(),
-                                        bp[jp * kc * NR..].as_ptr(),
-                                        c.offset(i * ldc + j),
-                                        ldc,
-                                        MR.min(m - i),
-                                        NR.min(n - j),
-                                        load,
-                                    )
+                    super::wide(|| {
+                        with_buf(&PACK_A, kc * MR, |ap| {
+                            for ip in t * per..((t + 1) * per).min(mpanels) {
+                                let i = ip * MR;
+                                a.pack_a(i, pc, kc, ap);
+                                for jp in 0..npanels {
+                                    let j = jp * NR;
+                                    // SAFETY: AVX-512 was detected by the caller; the packed
+                                    // panels hold kc*MR and kc*NR values; the tile lies inside C
+                                    // (rows, cols clipped) and threads write disjoint row ranges.
+                                    unsafe {
+                                        tile(
+                                            kc,
+                                            ap.as_ptr(),
+                                            bp[jp * kc * NR..].as_ptr(),
+                                            c.offset(i * ldc + j),
+                                            ldc,
+                                            MR.min(m - i),
+                                            NR.min(n - j),
+                                            load,
+                                        )
+                                    }
                                 }
                             }
-                        }
+                        })
                     })
                 });
             }
@@ -345,30 +347,32 @@ fn gemm_block<A: Operand, B: Operand>(
         let ap = &*apack;
         let per = npanels.div_ceil(threads);
         (0..npanels.div_ceil(per)).into_par_iter().for_each(|t| {
-            with_buf(&PACK_B, kc * NR, |bp| {
-                for jp in t * per..((t + 1) * per).min(npanels) {
-                    let j = jc + jp * NR;
-                    let cols = NR.min(n - j);
-                    b.pack_b(pc, j, kc, cols, bp);
-                    for ip in 0..mpanels {
-                        let i = ic + ip * MR;
-                        // SAFETY: AVX-512 was detected by the caller of sgemm; the packed panels
-                        // hold kc*MR and kc*NR values; the tile lies inside C (rows, cols
-                        // clipped) and threads write disjoint column ranges.
-                        unsafe {
-                            tile(
-                                kc,
-                                ap[ip * kc * MR..].as_ptr(),
-                                bp.as_ptr(),
-                                c.offset(i * ldc + j),
-                                ldc,
-                                MR.min(m - i),
-                                cols,
-                                load,
-                            )
+            super::wide(|| {
+                with_buf(&PACK_B, kc * NR, |bp| {
+                    for jp in t * per..((t + 1) * per).min(npanels) {
+                        let j = jc + jp * NR;
+                        let cols = NR.min(n - j);
+                        b.pack_b(pc, j, kc, cols, bp);
+                        for ip in 0..mpanels {
+                            let i = ic + ip * MR;
+                            // SAFETY: AVX-512 was detected by the caller of sgemm; the packed panels
+                            // hold kc*MR and kc*NR values; the tile lies inside C (rows, cols
+                            // clipped) and threads write disjoint column ranges.
+                            unsafe {
+                                tile(
+                                    kc,
+                                    ap[ip * kc * MR..].as_ptr(),
+                                    bp.as_ptr(),
+                                    c.offset(i * ldc + j),
+                                    ldc,
+                                    MR.min(m - i),
+                                    cols,
+                                    load,
+                                )
+                            }
                         }
                     }
-                }
+                })
             })
         });
     }

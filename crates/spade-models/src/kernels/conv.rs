@@ -447,14 +447,16 @@ fn pad_transpose_into(x: &[f32], cin: usize, h: usize, w: usize, pad: usize, k: 
     xt[(pad + h) * wp * cin..].fill(0.0);
     let _ = (hp, k);
     xt[pad * wp * cin..(pad + h) * wp * cin].par_chunks_mut(wp * cin).enumerate().for_each(|(iy, row)| {
-        row[..pad * cin].fill(0.0);
-        row[(pad + w) * cin..].fill(0.0);
-        for ix in 0..w {
-            let px = &mut row[(pad + ix) * cin..(pad + ix + 1) * cin];
-            for (c, v) in px.iter_mut().enumerate() {
-                *v = x[c * h * w + iy * w + ix];
+        super::wide(|| {
+            row[..pad * cin].fill(0.0);
+            row[(pad + w) * cin..].fill(0.0);
+            for ix in 0..w {
+                let px = &mut row[(pad + ix) * cin..(pad + ix + 1) * cin];
+                for (c, v) in px.iter_mut().enumerate() {
+                    *v = x[c * h * w + iy * w + ix];
+                }
             }
-        }
+        })
     });
 }
 

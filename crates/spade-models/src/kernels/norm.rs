@@ -133,24 +133,26 @@ impl NormAct {
         let mut out = super::uninit_vec(x.len());
         let slope = self.slope;
         out.par_chunks_mut(p).enumerate().for_each(|(pl, o)| {
-            let gi = self.group_of(pl);
-            let (m, s) = (mean[gi], istd[gi]);
-            let xs = &x[pl * p..(pl + 1) * p];
-            match gb {
-                Some(gb) => {
-                    let (g, b) = self.gb_plane(gb, pl);
-                    for j in 0..p {
-                        let y = (xs[j] - m) * s * (1.0 + g[j]) + b[j];
-                        o[j] = if y > 0.0 { y } else { y * slope };
+            super::wide(|| {
+                let gi = self.group_of(pl);
+                let (m, s) = (mean[gi], istd[gi]);
+                let xs = &x[pl * p..(pl + 1) * p];
+                match gb {
+                    Some(gb) => {
+                        let (g, b) = self.gb_plane(gb, pl);
+                        for j in 0..p {
+                            let y = (xs[j] - m) * s * (1.0 + g[j]) + b[j];
+                            o[j] = if y > 0.0 { y } else { y * slope };
+                        }
+                    }
+                    None => {
+                        for j in 0..p {
+                            let y = (xs[j] - m) * s;
+                            o[j] = if y > 0.0 { y } else { y * slope };
+                        }
                     }
                 }
-                None => {
-                    for j in 0..p {
-                        let y = (xs[j] - m) * s;
-                        o[j] = if y > 0.0 { y } else { y * slope };
-                    }
-                }
-            }
+            })
         });
         out
     }
@@ -192,41 +194,43 @@ impl NormAct {
         let sums: Vec<(f64, f64)> = (0..planes)
             .into_par_iter()
             .map(|pl| {
-                let gi = self.group_of(pl);
-                let (m, s) = (mean[gi], istd[gi]);
-                let g = scale(pl);
-                let (og, ob) = self.gb_offsets(pl, stacked);
-                let (mut s1, mut s2) = (0f64, 0f64);
-                if write_gb {
-                    let (pg, pb) = (pg, pb);
-                    // SAFETY: plane pl's gamma and beta gradients are disjoint `p`-long ranges
-                    // inside the vectors allocated above, written by this task only.
-                    let (dg, db) = unsafe {
-                        (
-                            std::slice::from_raw_parts_mut(pg.0.add(og), p),
-                            std::slice::from_raw_parts_mut(pb.0.add(ob), p),
-                        )
-                    };
-                    let g = g.expect("gamma");
-                    for j in 0..p {
-                        let i = pl * p + j;
-                        let dy = dy_at(i);
-                        let xh = (x[i] - m) * s;
-                        db[j] = dy;
-                        dg[j] = dy * xh;
-                        let dxh = dy * (1.0 + g[j]);
-                        s1 += dxh as f64;
-                        s2 += (dxh * xh) as f64;
+                super::wide(|| {
+                    let gi = self.group_of(pl);
+                    let (m, s) = (mean[gi], istd[gi]);
+                    let g = scale(pl);
+                    let (og, ob) = self.gb_offsets(pl, stacked);
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    if write_gb {
+                        let (pg, pb) = (pg, pb);
+                        // SAFETY: plane pl's gamma and beta gradients are disjoint `p`-long ranges
+                        // inside the vectors allocated above, written by this task only.
+                        let (dg, db) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(pg.0.add(og), p),
+                                std::slice::from_raw_parts_mut(pb.0.add(ob), p),
+                            )
+                        };
+                        let g = g.expect("gamma");
+                        for j in 0..p {
+                            let i = pl * p + j;
+                            let dy = dy_at(i);
+                            let xh = (x[i] - m) * s;
+                            db[j] = dy;
+                            dg[j] = dy * xh;
+                            let dxh = dy * (1.0 + g[j]);
+                            s1 += dxh as f64;
+                            s2 += (dxh * xh) as f64;
+                        }
+                    } else {
+                        for j in 0..p {
+                            let i = pl * p + j;
+                            let dxh = dy_at(i) * g.map_or(1.0, |g| 1.0 + g[j]);
+                            s1 += dxh as f64;
+                            s2 += (dxh * (x[i] - m) * s) as f64;
+                        }
                     }
-                } else {
-                    for j in 0..p {
-                        let i = pl * p + j;
-                        let dxh = dy_at(i) * g.map_or(1.0, |g| 1.0 + g[j]);
-                        s1 += dxh as f64;
-                        s2 += (dxh * (x[i] - m) * s) as f64;
-                    }
-                }
-                (s1, s2)
+                    (s1, s2)
+                })
             })
             .collect();
         if !want_x {
@@ -242,15 +246,17 @@ impl NormAct {
         let fixed = matches!(self.stats, NormStats::Fixed { .. });
         let mut dx = super::uninit_vec(x.len());
         dx.par_chunks_mut(p).enumerate().for_each(|(pl, dxp)| {
-            let gi = self.group_of(pl);
-            let (m, s) = (mean[gi], istd[gi]);
-            let (c1, c2) = ((g1[gi] / per_group) as f32, (g2[gi] / per_group) as f32);
-            let g = scale(pl);
-            for j in 0..p {
-                let i = pl * p + j;
-                let dxh = dy_at(i) * g.map_or(1.0, |g| 1.0 + g[j]);
-                dxp[j] = if fixed { dxh * s } else { s * (dxh - c1 - (x[i] - m) * s * c2) };
-            }
+            super::wide(|| {
+                let gi = self.group_of(pl);
+                let (m, s) = (mean[gi], istd[gi]);
+                let (c1, c2) = ((g1[gi] / per_group) as f32, (g2[gi] / per_group) as f32);
+                let g = scale(pl);
+                for j in 0..p {
+                    let i = pl * p + j;
+                    let dxh = dy_at(i) * g.map_or(1.0, |g| 1.0 + g[j]);
+                    dxp[j] = if fixed { dxh * s } else { s * (dxh - c1 - (x[i] - m) * s * c2) };
+                }
+            })
         });
         (Some(dx), dgb)
     }

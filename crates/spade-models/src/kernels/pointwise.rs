@@ -16,9 +16,11 @@ impl CustomOp1 for LeakyRelu {
         let slope = self.0;
         let mut y = super::uninit_vec(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = if x > 0.0 { x } else { x * slope };
-            }
+            super::wide(|| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = if x > 0.0 { x } else { x * slope };
+                }
+            })
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -40,9 +42,11 @@ impl CustomOp2 for LeakyReluGrad {
         let slope = self.0;
         let mut dx = super::uninit_vec(y.len());
         dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
-            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = if y > 0.0 { dy } else { dy * slope };
-            }
+            super::wide(|| {
+                for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+                    *dx = if y > 0.0 { dy } else { dy * slope };
+                }
+            })
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -73,11 +77,13 @@ impl CustomOp2 for BiasAct {
         let (c, p, slope) = (self.channels, self.plane, self.slope);
         let mut out = super::uninit_vec(y.len());
         out.par_chunks_mut(p).zip(y.par_chunks(p)).enumerate().for_each(|(pl, (o, y))| {
-            let b = b[pl % c];
-            for (o, &y) in o.iter_mut().zip(y) {
-                let v = y + b;
-                *o = if v > 0.0 || slope == 1.0 { v } else { v * slope };
-            }
+            super::wide(|| {
+                let b = b[pl % c];
+                for (o, &y) in o.iter_mut().zip(y) {
+                    let v = y + b;
+                    *o = if v > 0.0 || slope == 1.0 { v } else { v * slope };
+                }
+            })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -106,6 +112,11 @@ pub(crate) fn bias_act_grads(
 /// `v + b` then LeakyReLU(`slope`) in place (1: none, 0: ReLU), as [`BiasAct`] computes it.
 #[inline]
 pub(crate) fn bias_act_in_place(v: &mut [f32], b: f32, slope: f32) {
+    super::wide(|| bias_act_loop(v, b, slope))
+}
+
+#[inline(always)]
+fn bias_act_loop(v: &mut [f32], b: f32, slope: f32) {
     for v in v {
         let y = *v + b;
         *v = if y > 0.0 || slope == 1.0 { y } else { y * slope };
@@ -166,15 +177,17 @@ impl CustomOp1 for Upsample2x {
         let (h, w) = (self.h, self.w);
         let mut y = super::uninit_vec(x.len() * 4);
         y.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
-            for i in 0..h {
-                let src = &xp[i * w..(i + 1) * w];
-                let (r0, r1) = yp[2 * i * 2 * w..(2 * i + 2) * 2 * w].split_at_mut(2 * w);
-                for (j, &v) in src.iter().enumerate() {
-                    r0[2 * j] = v;
-                    r0[2 * j + 1] = v;
+            super::wide(|| {
+                for i in 0..h {
+                    let src = &xp[i * w..(i + 1) * w];
+                    let (r0, r1) = yp[2 * i * 2 * w..(2 * i + 2) * 2 * w].split_at_mut(2 * w);
+                    for (j, &v) in src.iter().enumerate() {
+                        r0[2 * j] = v;
+                        r0[2 * j + 1] = v;
+                    }
+                    r1.copy_from_slice(r0);
                 }
-                r1.copy_from_slice(r0);
-            }
+            })
         });
         let d = l.dims();
         Ok((CpuStorage::F32(y), (d[0], d[1], 2 * h, 2 * w).into()))
@@ -199,13 +212,15 @@ impl CustomOp1 for Upsample2xGrad {
         let (h, w) = (self.h, self.w);
         let mut dx = super::uninit_vec(dy.len() / 4);
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(4 * h * w)).for_each(|(xp, yp)| {
-            for i in 0..h {
-                let r0 = &yp[2 * i * 2 * w..(2 * i + 1) * 2 * w];
-                let r1 = &yp[(2 * i + 1) * 2 * w..(2 * i + 2) * 2 * w];
-                for j in 0..w {
-                    xp[i * w + j] = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+            super::wide(|| {
+                for i in 0..h {
+                    let r0 = &yp[2 * i * 2 * w..(2 * i + 1) * 2 * w];
+                    let r1 = &yp[(2 * i + 1) * 2 * w..(2 * i + 2) * 2 * w];
+                    for j in 0..w {
+                        xp[i * w + j] = r0[2 * j] + r0[2 * j + 1] + r1[2 * j] + r1[2 * j + 1];
+                    }
                 }
-            }
+            })
         });
         let d = l.dims();
         Ok((CpuStorage::F32(dx), (d[0], d[1], h, w).into()))

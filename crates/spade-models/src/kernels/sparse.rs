@@ -25,24 +25,38 @@ impl SparsePixels {
         let mut idx = vec![0u32; hw * MAX_NZ];
         let mut val = vec![0f32; hw * MAX_NZ];
         let mut count = vec![0u8; hw];
-        for ch in 0..c {
-            for (p, &v) in x[ch * hw..(ch + 1) * hw].iter().enumerate() {
-                if v != 0.0 {
-                    let k = count[p] as usize;
-                    if k == MAX_NZ {
-                        return None;
+        // Threads take ranges of pixels and scan every channel over their range.
+        const PX: usize = 2048;
+        let ok = idx
+            .par_chunks_mut(PX * MAX_NZ)
+            .zip(val.par_chunks_mut(PX * MAX_NZ))
+            .zip(count.par_chunks_mut(PX))
+            .enumerate()
+            .all(|(b, ((idx, val), count))| {
+                let p0 = b * PX;
+                for ch in 0..c {
+                    for (q, &v) in x[ch * hw + p0..ch * hw + p0 + count.len()].iter().enumerate() {
+                        if v != 0.0 {
+                            let k = count[q] as usize;
+                            if k == MAX_NZ {
+                                return false;
+                            }
+                            idx[q * MAX_NZ + k] = ch as u32;
+                            val[q * MAX_NZ + k] = v;
+                            count[q] += 1;
+                        }
                     }
-                    idx[p * MAX_NZ + k] = ch as u32;
-                    val[p * MAX_NZ + k] = v;
-                    count[p] += 1;
                 }
-            }
-        }
-        Some(Self { idx, val, count })
+                true
+            });
+        ok.then_some(Self { idx, val, count })
     }
 
-    fn at(&self, p: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
-        (0..self.count[p] as usize).map(move |k| (self.idx[p * MAX_NZ + k] as usize, self.val[p * MAX_NZ + k]))
+    /// The nonzeros of pixel `p` as (channel, value) pairs.
+    #[inline]
+    fn nonzeros(&self, p: usize) -> (&[u32], &[f32]) {
+        let n = self.count[p] as usize;
+        (&self.idx[p * MAX_NZ..p * MAX_NZ + n], &self.val[p * MAX_NZ..p * MAX_NZ + n])
     }
 }
 
@@ -57,15 +71,6 @@ pub(crate) struct Geom1 {
     pub wo: usize,
     pub k: usize,
     pub pad: usize,
-}
-
-impl Geom1 {
-    /// Input pixel under output pixel (oy, ox) at tap (kh, kw), if inside.
-    fn src(&self, oy: usize, ox: usize, kh: usize, kw: usize) -> Option<usize> {
-        let (iy, ix) = ((oy + kh) as isize - self.pad as isize, (ox + kw) as isize - self.pad as isize);
-        (iy >= 0 && ix >= 0 && (iy as usize) < self.h && (ix as usize) < self.w)
-            .then(|| iy as usize * self.w + ix as usize)
-    }
 }
 
 /// The weight `(cout, cin, k, k)` as rows of `cout` per tap `(c, kh, kw)`.
@@ -92,92 +97,123 @@ impl OutPtr {
     }
 }
 
+/// Output pixels per block: a block's pixel-major accumulator (`BLK x cout`) stays in L1.
+const BLK: usize = 16;
+
+/// `acc[..cout] += v * w[..cout]`.
+#[inline]
+fn axpy(acc: &mut [f32], v: f32, w: &[f32]) {
+    for (a, &wv) in acc.iter_mut().zip(w) {
+        *a += v * wv;
+    }
+}
+
 /// `y (cout x ho*wo) = conv(x, w)` for one sample given as sparse pixels.
 pub(crate) fn forward(sp: &SparsePixels, w: &[f32], g: &Geom1, y: &mut [f32]) {
     let wt = taps_major(w, g);
-    let p = g.ho * g.wo;
-    assert!(y.len() >= g.cout * p);
+    let (p, cout) = (g.ho * g.wo, g.cout);
+    assert!(y.len() >= cout * p);
     let out = OutPtr(y.as_mut_ptr());
-    // Per output row: pixel-major accumulation (each output pixel adds a few contiguous weight
-    // rows) into a small buffer, then transposed into the channel-major output.
-    (0..g.ho).into_par_iter().for_each_init(
-        || vec![0f32; g.wo * g.cout],
-        |acc, oy| {
-            acc.fill(0.0);
-            for kh in 0..g.k {
-                let iy = oy + kh;
-                if iy < g.pad || iy - g.pad >= g.h {
-                    continue;
-                }
-                let iy = iy - g.pad;
-                for kw in 0..g.k {
-                    // Output columns whose input column ox + kw - pad lies in [0, w).
-                    let lo = g.pad.saturating_sub(kw);
-                    let hi = (g.w + g.pad).saturating_sub(kw).min(g.wo);
-                    for ox in lo..hi {
-                        let src = iy * g.w + ox + kw - g.pad;
-                        let a = &mut acc[ox * g.cout..(ox + 1) * g.cout];
-                        for (c, v) in sp.at(src) {
-                            let wr = &wt[((c * g.k + kh) * g.k + kw) * g.cout..][..g.cout];
-                            for (a, &wv) in a.iter_mut().zip(wr) {
-                                *a += v * wv;
+    // Per block of output pixels: pixel-major accumulation (each pixel adds a few contiguous
+    // weight rows), then transposed into the channel-major output.
+    (0..g.ho)
+        .into_par_iter()
+        .for_each_init(|| vec![0f32; BLK * cout], |acc, oy| super::wide(|| forward_row(sp, &wt, g, oy, acc, out)));
+}
+
+/// Output row `oy` of [`forward`], block by block (inlined into [`super::wide`]).
+#[inline(always)]
+fn forward_row(sp: &SparsePixels, wt: &[f32], g: &Geom1, oy: usize, acc: &mut [f32], out: OutPtr) {
+    let (p, cout) = (g.ho * g.wo, g.cout);
+    {
+        {
+            for ox0 in (0..g.wo).step_by(BLK) {
+                let bl = BLK.min(g.wo - ox0);
+                acc[..bl * cout].fill(0.0);
+                for kh in 0..g.k {
+                    let iy = oy + kh;
+                    if iy < g.pad || iy - g.pad >= g.h {
+                        continue;
+                    }
+                    let row = (iy - g.pad) * g.w;
+                    for kw in 0..g.k {
+                        // Block pixels whose input column ox + kw - pad lies in [0, w).
+                        let lo = g.pad.saturating_sub(kw).max(ox0);
+                        let hi = (g.w + g.pad).saturating_sub(kw).min(ox0 + bl);
+                        for ox in lo..hi {
+                            let (cs, vs) = sp.nonzeros(row + ox + kw - g.pad);
+                            let a = &mut acc[(ox - ox0) * cout..(ox - ox0 + 1) * cout];
+                            for (&c, &v) in cs.iter().zip(vs) {
+                                axpy(a, v, &wt[((c as usize * g.k + kh) * g.k + kw) * cout..][..cout]);
                             }
                         }
                     }
                 }
-            }
-            for co in 0..g.cout {
-                // SAFETY: row oy of channel co lies inside y (asserted above); each task owns
-                // its row oy in every channel.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(co * p + oy * g.wo), g.wo) };
-                for (ox, d) in dst.iter_mut().enumerate() {
-                    *d = acc[ox * g.cout + co];
+                for co in 0..cout {
+                    // SAFETY: pixels ox0..ox0+bl of row oy in channel co lie inside y (asserted
+                    // above); each task owns its row oy in every channel.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(co * p + oy * g.wo + ox0), bl) };
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = acc[i * cout + co];
+                    }
                 }
             }
-        },
-    );
+        }
+    }
 }
 
 /// `dw (cout x cin x k x k) (+)= ` the weight gradient of one sample, `dy (cout x ho*wo)`.
 pub(crate) fn backward_filter(sp: &SparsePixels, dy: &[f32], g: &Geom1, dw: &mut [f32], accumulate: bool) {
     let kd = g.cin * g.k * g.k;
-    let p = g.ho * g.wo;
-    // Pixel-major output gradient, so that each scatter-add is a contiguous row of `cout`.
-    let mut dyt = vec![0f32; p * g.cout];
-    dyt.par_chunks_mut(g.cout).enumerate().for_each(|(j, row)| {
-        for (co, v) in row.iter_mut().enumerate() {
-            *v = dy[co * p + j];
-        }
-    });
+    let (p, cout) = (g.ho * g.wo, g.cout);
     // Threads take bands of output rows, each into its own taps-major buffer, summed after.
+    // Each block of output pixels is first transposed to pixel-major (in L1), so that each
+    // scatter-add is a contiguous row of `cout`.
     let threads = rayon::current_num_threads().max(1);
     let band = g.ho.div_ceil(threads).max(1);
     let partial: Vec<Vec<f32>> = (0..g.ho.div_ceil(band))
         .into_par_iter()
         .map(|t| {
-            let mut acc = vec![0f32; kd * g.cout];
-            for oy in t * band..((t + 1) * band).min(g.ho) {
-                for ox in 0..g.wo {
-                    let d = &dyt[(oy * g.wo + ox) * g.cout..][..g.cout];
-                    for kh in 0..g.k {
-                        for kw in 0..g.k {
-                            let Some(src) = g.src(oy, ox, kh, kw) else { continue };
-                            for (c, v) in sp.at(src) {
-                                let r = (c * g.k + kh) * g.k + kw;
-                                for (a, &dv) in acc[r * g.cout..(r + 1) * g.cout].iter_mut().zip(d) {
-                                    *a += v * dv;
+            super::wide(|| {
+                let mut acc = vec![0f32; kd * cout];
+                let mut blk = vec![0f32; BLK * cout];
+                for oy in t * band..((t + 1) * band).min(g.ho) {
+                    for ox0 in (0..g.wo).step_by(BLK) {
+                        let bl = BLK.min(g.wo - ox0);
+                        for co in 0..cout {
+                            let src = &dy[co * p + oy * g.wo + ox0..][..bl];
+                            for (i, &v) in src.iter().enumerate() {
+                                blk[i * cout + co] = v;
+                            }
+                        }
+                        for kh in 0..g.k {
+                            let iy = oy + kh;
+                            if iy < g.pad || iy - g.pad >= g.h {
+                                continue;
+                            }
+                            let row = (iy - g.pad) * g.w;
+                            for kw in 0..g.k {
+                                let lo = g.pad.saturating_sub(kw).max(ox0);
+                                let hi = (g.w + g.pad).saturating_sub(kw).min(ox0 + bl);
+                                for ox in lo..hi {
+                                    let (cs, vs) = sp.nonzeros(row + ox + kw - g.pad);
+                                    let d = &blk[(ox - ox0) * cout..(ox - ox0 + 1) * cout];
+                                    for (&c, &v) in cs.iter().zip(vs) {
+                                        let r = (c as usize * g.k + kh) * g.k + kw;
+                                        axpy(&mut acc[r * cout..(r + 1) * cout], v, d);
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-            acc
+                acc
+            })
         })
         .collect();
-    dw[..g.cout * kd].par_chunks_mut(kd).enumerate().for_each(|(co, row)| {
+    dw[..cout * kd].par_chunks_mut(kd).enumerate().for_each(|(co, row)| {
         for (r, out) in row.iter_mut().enumerate() {
-            let v: f32 = partial.iter().map(|a| a[r * g.cout + co]).sum();
+            let v: f32 = partial.iter().map(|a| a[r * cout + co]).sum();
             *out = if accumulate { *out + v } else { v };
         }
     });
