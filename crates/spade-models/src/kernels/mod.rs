@@ -85,6 +85,7 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
 
 /// A vector whose every element the caller overwrites before reading: skips the zeroing pass
 /// (and, for fresh pages, the faults it would take) of `vec![0.0; len]`.
+#[allow(clippy::uninit_vec)]
 pub(crate) fn uninit_vec(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: f32 has no invalid bit patterns; every caller writes all `len` elements before
