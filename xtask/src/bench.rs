@@ -64,7 +64,9 @@ fn time_iteration(vgg: bool, iters: usize) -> Result<f64> {
     let opt = mini_options();
     let nets = Nets::fresh(&opt, 0, &dev)?;
     let vgg = if vgg {
-        let store = ParamStore::fresh(5, DType::F32, &dev);
+        // Frozen, as the trainer loads it (run.rs): VGG19 is a fixed feature extractor, so
+        // no weight gradients are computed for it.
+        let store = ParamStore::fresh(5, DType::F32, &dev).frozen();
         Some(Vgg19::new(&store.root())?)
     } else {
         None
