@@ -26,8 +26,8 @@ impl Weight {
 
     fn get(&self, train: bool) -> candle_core::Result<Tensor> {
         match self {
-            Weight::Plain(w) => Ok(w.clone()),
-            Weight::Spectral(sn) => sn.weight(train),
+            Weight::Plain(w) => Ok(super::param(w)),
+            Weight::Spectral(sn) => Ok(super::param(&sn.weight(train)?)),
         }
     }
 }
@@ -100,14 +100,16 @@ impl Conv2d {
     /// the bias.
     pub fn forward_act(&self, x: &Tensor, train: bool, slope: f64) -> candle_core::Result<Tensor> {
         let w = self.weight.get(train)?;
-        kernels::conv::conv2d_act(x, &w, self.bias.as_ref(), self.stride, self.padding, slope)
+        let b = self.bias.as_ref().map(super::param);
+        kernels::conv::conv2d_act(x, &w, b.as_ref(), self.stride, self.padding, slope)
     }
 
     /// [`Self::forward_act`] of a mostly one-hot input (the semantic map), by gathers on the
     /// CPU.
     pub fn forward_sparse_input(&self, x: &Tensor, train: bool, slope: f64) -> candle_core::Result<Tensor> {
         let w = self.weight.get(train)?;
-        kernels::conv::conv2d_sparse_input(x, &w, self.bias.as_ref(), self.stride, self.padding, slope)
+        let b = self.bias.as_ref().map(super::param);
+        kernels::conv::conv2d_sparse_input(x, &w, b.as_ref(), self.stride, self.padding, slope)
     }
 
     /// The convolutions `a` and `b` of the same input as one, their outputs stacked along the
@@ -119,7 +121,7 @@ impl Conv2d {
         }
         let w = Tensor::cat(&[&a.weight.get(train)?, &b.weight.get(train)?], 0)?;
         let bias = match (&a.bias, &b.bias) {
-            (Some(ba), Some(bb)) => Some(Tensor::cat(&[ba, bb], 0)?),
+            (Some(ba), Some(bb)) => Some(Tensor::cat(&[&super::param(ba), &super::param(bb)], 0)?),
             _ => None,
         };
         kernels::conv::conv2d_act(x, &w, bias.as_ref(), a.stride, a.padding, 1.0)
@@ -161,7 +163,8 @@ impl ConvTranspose2d {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let w = self.weight.get(train)?;
-        kernels::conv::conv_transpose2d(x, &w, self.bias.as_ref(), self.stride, self.padding, self.output_padding)
+        let b = self.bias.as_ref().map(super::param);
+        kernels::conv::conv_transpose2d(x, &w, b.as_ref(), self.stride, self.padding, self.output_padding)
     }
 }
 
@@ -180,7 +183,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        x.matmul(&super::param(&self.weight).t()?)?.broadcast_add(&super::param(&self.bias))
     }
 }
 

@@ -38,7 +38,8 @@ impl BatchNorm {
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let y = self.normalize(x, None, 1.0, train)?;
-        affine(y, self.weight.as_ref(), self.bias.as_ref())
+        let (w, b) = (self.weight.as_ref().map(super::param), self.bias.as_ref().map(super::param));
+        affine(y, w.as_ref(), b.as_ref())
     }
 
     /// `act(x̂ * (1 + gamma) + beta)` without the affine parameters (SPADE's param-free norm):
