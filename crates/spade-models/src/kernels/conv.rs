@@ -499,6 +499,130 @@ fn sparse_sample(xn: &[f32], g: &Geom, sparse_input: bool) -> Option<(SparsePixe
     Some((sp, g1))
 }
 
+/// A stride-2 convolution with an even kernel as a stride-1 one (space to depth): with the
+/// input zero-padded and each 2x2 block of pixels turned into 4 channels,
+/// `xs[(c, a, b), i, j] = xpad[c, 2i + a, 2j + b]`, the convolution with
+/// `W'[o, (c, a, b), kh, kw] = W[o, c, 2kh + a, 2kw + b]` (kernel k/2, no padding) gives the
+/// same outputs (plus one extra row and column where the padded size is odd, cropped), and can
+/// take the shifted path. Used by the discriminators' strided layers.
+struct SpaceToDepth {
+    g: Geom,
+    /// The stride-1 geometry on the rearranged input.
+    g1: Geom,
+}
+
+impl SpaceToDepth {
+    fn new(g: &Geom) -> Option<Self> {
+        if g.stride != 2 || g.k % 2 != 0 || !use_avx512() {
+            return None;
+        }
+        let (h2, w2) = ((g.h + 2 * g.pad).div_ceil(2), (g.w + 2 * g.pad).div_ceil(2));
+        let k = g.k / 2;
+        let g1 =
+            Geom { cin: 4 * g.cin, h: h2, w: w2, cout: g.cout, ho: h2 + 1 - k, wo: w2 + 1 - k, k, stride: 1, pad: 0 };
+        (use_shifted(&g1) && g1.ho >= g.ho && g1.wo >= g.wo).then_some(Self { g: *g, g1 })
+    }
+
+    /// `x (n, cin, h, w) -> xs (n, 4cin, h2, w2)`.
+    fn input(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let (g, g1) = (&self.g, &self.g1);
+        let mut xs = output_vec(n * g1.cin * g1.in_px());
+        xs.par_chunks_mut(g1.in_px()).enumerate().for_each(|(q, plane)| {
+            let (s, c1) = (q / g1.cin, q % g1.cin);
+            let (c, a, b) = (c1 / 4, (c1 / 2) % 2, c1 % 2);
+            let src = &x[(s * g.cin + c) * g.in_px()..][..g.in_px()];
+            for i in 0..g1.h {
+                let row = &mut plane[i * g1.w..(i + 1) * g1.w];
+                let y = 2 * i + a;
+                if y < g.pad || y - g.pad >= g.h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let srow = &src[(y - g.pad) * g.w..][..g.w];
+                for (j, v) in row.iter_mut().enumerate() {
+                    let xx = 2 * j + b;
+                    *v = if xx < g.pad || xx - g.pad >= g.w { 0.0 } else { srow[xx - g.pad] };
+                }
+            }
+        });
+        xs
+    }
+
+    /// The adjoint of [`Self::input`]: `dxs (n, 4cin, h2, w2) -> dx (n, cin, h, w)`.
+    fn input_grad(&self, dxs: &[f32], n: usize) -> Vec<f32> {
+        let (g, g1) = (&self.g, &self.g1);
+        let mut dx = output_vec(n * g.cin * g.in_px());
+        dx.par_chunks_mut(g.in_px()).enumerate().for_each(|(q, plane)| {
+            let (s, c) = (q / g.cin, q % g.cin);
+            for y in 0..g.h {
+                let (i, a) = ((y + g.pad) / 2, (y + g.pad) % 2);
+                for xx in 0..g.w {
+                    let (j, b) = ((xx + g.pad) / 2, (xx + g.pad) % 2);
+                    plane[y * g.w + xx] = dxs[((s * g1.cin + c * 4 + a * 2 + b) * g1.h + i) * g1.w + j];
+                }
+            }
+        });
+        dx
+    }
+
+    /// `W (cout, cin, k, k) -> W' (cout, 4cin, k/2, k/2)`.
+    fn weight(&self, w: &[f32]) -> Vec<f32> {
+        let (g, k1) = (&self.g, self.g1.k);
+        let mut w1 = output_vec(w.len());
+        for o in 0..g.cout {
+            for c in 0..g.cin {
+                for kh in 0..g.k {
+                    for kw in 0..g.k {
+                        let c1 = c * 4 + (kh % 2) * 2 + kw % 2;
+                        w1[((o * 4 * g.cin + c1) * k1 + kh / 2) * k1 + kw / 2] =
+                            w[((o * g.cin + c) * g.k + kh) * g.k + kw];
+                    }
+                }
+            }
+        }
+        w1
+    }
+
+    /// The inverse of [`Self::weight`] (for the weight gradient).
+    fn weight_back(&self, w1: &[f32]) -> Vec<f32> {
+        let (g, k1) = (&self.g, self.g1.k);
+        let mut w = output_vec(w1.len());
+        for o in 0..g.cout {
+            for c in 0..g.cin {
+                for kh in 0..g.k {
+                    for kw in 0..g.k {
+                        let c1 = c * 4 + (kh % 2) * 2 + kw % 2;
+                        w[((o * g.cin + c) * g.k + kh) * g.k + kw] =
+                            w1[((o * 4 * g.cin + c1) * k1 + kh / 2) * k1 + kw / 2];
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    /// Crops the stride-1 output `(n, cout, ho1, wo1)` to `(n, cout, ho, wo)`, or pads an
+    /// output gradient back with zeros (`back`).
+    fn fit(&self, t: &[f32], n: usize, back: bool) -> Vec<f32> {
+        let (g, g1) = (&self.g, &self.g1);
+        let (src_px, dst_px) = if back { (g.out_px(), g1.out_px()) } else { (g1.out_px(), g.out_px()) };
+        let mut out = output_vec(n * g.cout * dst_px);
+        out.par_chunks_mut(dst_px).zip(t.par_chunks(src_px)).for_each(|(d, s)| {
+            if back {
+                d.fill(0.0);
+                for oy in 0..g.ho {
+                    d[oy * g1.wo..oy * g1.wo + g.wo].copy_from_slice(&s[oy * g.wo..(oy + 1) * g.wo]);
+                }
+            } else {
+                for oy in 0..g.ho {
+                    d[oy * g.wo..(oy + 1) * g.wo].copy_from_slice(&s[oy * g1.wo..oy * g1.wo + g.wo]);
+                }
+            }
+        });
+        out
+    }
+}
+
 /// A per-channel bias and LeakyReLU applied to a convolution's output as it is written.
 #[derive(Clone, Copy)]
 struct Epilogue<'a> {
@@ -507,6 +631,16 @@ struct Epilogue<'a> {
 }
 
 fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Option<Epilogue>) -> Vec<f32> {
+    if let Some(sd) = SpaceToDepth::new(g) {
+        let y1 = forward(&sd.input(x, n), &sd.weight(w), &sd.g1, n, false, None);
+        let mut y = sd.fit(&y1, n, false);
+        if let Some(e) = epi {
+            y.par_chunks_mut(g.out_px())
+                .enumerate()
+                .for_each(|(q, yc)| bias_act_in_place(yc, e.bias[q % g.cout], e.slope));
+        }
+        return y;
+    }
     let (kd, p) = (g.kdim(), g.out_px());
     let mut y = output_vec(n * g.cout * p);
     let wm = MatRef::row_major(w, g.cout, kd);
@@ -542,6 +676,10 @@ fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Op
 
 /// `dx (n x cin x h x w)` from `dy (n x cout x ho x wo)`.
 fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
+    if let Some(sd) = SpaceToDepth::new(g) {
+        let dxs = backward_data(&sd.fit(dy, n, true), &sd.weight(w), &sd.g1, n);
+        return sd.input_grad(&dxs, n);
+    }
     let (kd, p) = (g.kdim(), g.out_px());
     if use_shifted(g) && g.pad < g.k && g.w >= 16 {
         // The input gradient of a stride-1 convolution is the convolution of dy, padded by
@@ -576,6 +714,10 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
 
 /// `dw (cout x cin x k x k)` from the input `x` and `dy`.
 fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool) -> Vec<f32> {
+    if let Some(sd) = SpaceToDepth::new(g).filter(|_| !sparse_input) {
+        let dw1 = backward_filter(&sd.input(x, n), &sd.fit(dy, n, true), &sd.g1, n, false);
+        return sd.weight_back(&dw1);
+    }
     let (kd, p) = (g.kdim(), g.out_px());
     let mut dw = output_vec(g.cout * kd);
     if use_shifted(g) && !sparse_input {
