@@ -257,14 +257,14 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
         let npanels = n.div_ceil(NR);
         let split_m = npanels < 2 * threads && m.div_ceil(MR) >= 2 * threads;
         if !split_m {
-            let mut apack = Vec::new();
-            for jc in (0..n).step_by(NC) {
-                let nc = NC.min(n - jc);
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
-                    gemm_block(c, ldc, a, b, (pc, kc), (jc, nc), accumulate || pc > 0, &mut apack);
-                }
-            }
+            // One parallel region: chunks of B panels handed out by rayon (so a thread that is
+            // descheduled does not hold the others at a barrier), each chunk running the whole
+            // inner dimension with its own packed A.
+            let chunk = (npanels / (threads * 4)).clamp(1, NC / NR);
+            (0..npanels.div_ceil(chunk)).into_par_iter().for_each(|ch| {
+                let (j0, j1) = (ch * chunk * NR, ((ch + 1) * chunk * NR).min(n));
+                super::wide(|| chunk_product(c, ldc, a, b, (j0, j1), accumulate))
+            });
             return;
         }
         let mut bpack = Vec::new();
@@ -319,49 +319,40 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
     }
 }
 
-/// The split-N step of [`sgemm`]: C's columns `jc..jc + nc` over the inner slice `pc..pc + kc`.
+/// C's columns `j0..j1` of [`sgemm`] over the whole inner dimension, on the calling thread.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn gemm_block<A: Operand, B: Operand>(
+#[inline(always)]
+fn chunk_product<A: Operand, B: Operand>(
     c: CPtr,
     ldc: usize,
     a: &A,
     b: &B,
-    (pc, kc): (usize, usize),
-    (jc, nc): (usize, usize),
-    load: bool,
-    apack: &mut Vec<f32>,
+    (j0, j1): (usize, usize),
+    accumulate: bool,
 ) {
-    let (m, n) = (a.rows(), b.cols());
-    let threads = rayon::current_num_threads().max(1);
-    let npanels = nc.div_ceil(NR);
-    for ic in (0..m).step_by(MC_BIG) {
-        let mc = MC_BIG.min(m - ic);
-        let mpanels = mc.div_ceil(MR);
-        apack.resize(mpanels * kc * MR, 0.0);
-        if mpanels > 1 {
-            apack.par_chunks_mut(kc * MR).enumerate().for_each(|(ip, out)| a.pack_a(ic + ip * MR, pc, kc, out));
-        } else {
-            a.pack_a(ic, pc, kc, apack);
-        }
-        let ap = &*apack;
-        let per = npanels.div_ceil(threads);
-        (0..npanels.div_ceil(per)).into_par_iter().for_each(|t| {
-            super::wide(|| {
-                with_buf(&PACK_B, kc * NR, |bp| {
-                    for jp in t * per..((t + 1) * per).min(npanels) {
-                        let j = jc + jp * NR;
-                        let cols = NR.min(n - j);
+    let (m, k) = (a.rows(), a.cols());
+    with_buf(&PACK_A, MC_BIG.min(m.div_ceil(MR) * MR) * KC, |apack| {
+        with_buf(&PACK_B, KC * NR, |bp| {
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let load = accumulate || pc > 0;
+                for ic in (0..m).step_by(MC_BIG) {
+                    let mpanels = MC_BIG.min(m - ic).div_ceil(MR);
+                    for ip in 0..mpanels {
+                        a.pack_a(ic + ip * MR, pc, kc, &mut apack[ip * kc * MR..(ip + 1) * kc * MR]);
+                    }
+                    for j in (j0..j1).step_by(NR) {
+                        let cols = NR.min(j1 - j);
                         b.pack_b(pc, j, kc, cols, bp);
                         for ip in 0..mpanels {
                             let i = ic + ip * MR;
-                            // SAFETY: AVX-512 was detected by the caller of sgemm; the packed panels
-                            // hold kc*MR and kc*NR values; the tile lies inside C (rows, cols
-                            // clipped) and threads write disjoint column ranges.
+                            // SAFETY: AVX-512 was detected by the caller of sgemm; the packed
+                            // panels hold kc*MR and kc*NR values; the tile lies inside C (rows,
+                            // cols clipped) and chunks write disjoint column ranges.
                             unsafe {
                                 tile(
                                     kc,
-                                    ap[ip * kc * MR..].as_ptr(),
+                                    apack[ip * kc * MR..].as_ptr(),
                                     bp.as_ptr(),
                                     c.offset(i * ldc + j),
                                     ldc,
@@ -372,8 +363,8 @@ fn gemm_block<A: Operand, B: Operand>(
                             }
                         }
                     }
-                })
-            })
-        });
-    }
+                }
+            }
+        })
+    })
 }
