@@ -213,21 +213,6 @@ thread_local! {
     static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `f` with this thread's buffer `buf`, at least `len` long (contents unspecified).
-fn with_buf<R>(
-    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    buf.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < len {
-            b.resize(len, 0.0);
-        }
-        f(&mut b[..len])
-    })
-}
-
 /// Rows of A packed at once: the block stays in L2 while the B panels stream through L1.
 const MC_BIG: usize = MR * 96;
 /// Columns of C per block: C's block stays in cache across the `KC` slices.
@@ -283,7 +268,7 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
                 let per = mpanels.div_ceil(threads);
                 (0..mpanels.div_ceil(per)).into_par_iter().for_each(|t| {
                     super::wide(|| {
-                        with_buf(&PACK_A, kc * MR, |ap| {
+                        super::with_scratch(&PACK_A, kc * MR, |ap| {
                             for ip in t * per..((t + 1) * per).min(mpanels) {
                                 let i = ip * MR;
                                 a.pack_a(i, pc, kc, ap);
@@ -331,8 +316,8 @@ fn chunk_product<A: Operand, B: Operand>(
     accumulate: bool,
 ) {
     let (m, k) = (a.rows(), a.cols());
-    with_buf(&PACK_A, MC_BIG.min(m.div_ceil(MR) * MR) * KC, |apack| {
-        with_buf(&PACK_B, KC * NR, |bp| {
+    super::with_scratch(&PACK_A, MC_BIG.min(m.div_ceil(MR) * MR) * KC, |apack| {
+        super::with_scratch(&PACK_B, KC * NR, |bp| {
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 let load = accumulate || pc > 0;

@@ -10,7 +10,7 @@ use super::avx512::{self, Operand};
 use super::gemm::{sgemm, use_avx512, MatRef};
 use super::pointwise::{bias_act_grads, bias_act_in_place};
 use super::sparse::{self, Geom1, SparsePixels};
-use super::{applies, f32_slice};
+use super::{applies, f32_slice, with_scratch};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -295,20 +295,6 @@ thread_local! {
     static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn with_local<R>(
-    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    buf.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < len {
-            b.resize(len, 0.0);
-        }
-        f(&mut b[..len])
-    })
-}
-
 /// `y (cout x ho x wo) = conv(x (cin x h x w), w (cout x cin*k*k))`, stride 1, padding `pad`,
 /// through [`Shifted`].
 #[allow(clippy::too_many_arguments)]
@@ -326,11 +312,11 @@ fn shifted_conv(
 ) {
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let (ho, wo) = (hp + 1 - k, wp + 1 - k);
-    with_local(&PADDED, padded_len(cin, h, w, pad, k), |xp| {
+    with_scratch(&PADDED, padded_len(cin, h, w, pad, k), |xp| {
         pad_into(x, cin, h, w, pad, xp);
         let b = Shifted { xp, cin, k, hp, wp, ho };
         let wm = MatRef::row_major(wt, cout, cin * k * k);
-        with_local(&WIDE, cout * ho * wp, |wide| {
+        with_scratch(&WIDE, cout * ho * wp, |wide| {
             avx512::sgemm(wide, ho * wp, &wm, &b, false);
             y[..cout * ho * wo].par_chunks_mut(ho * wo).zip(wide.par_chunks(ho * wp)).enumerate().for_each(
                 |(co, (yc, wc))| {
@@ -474,16 +460,6 @@ fn row_blocks(g: &Geom) -> impl Iterator<Item = (usize, usize)> {
 thread_local! {
     /// The im2col scratch of this thread, reused across calls.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < len {
-            s.resize(len, 0.0);
-        }
-        f(&mut s[..len])
-    })
 }
 
 use super::uninit_vec as output_vec;
@@ -661,7 +637,7 @@ fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Op
         } else {
             for (oy0, oy1) in row_blocks(g) {
                 let q = (oy1 - oy0) * g.wo;
-                with_scratch(kd * q, |cols| {
+                with_scratch(&SCRATCH, kd * q, |cols| {
                     im2col(xn, g, oy0, oy1, cols);
                     sgemm(&mut yn[oy0 * g.wo..], p, wm, MatRef::row_major(cols, kd, q), false);
                 });
@@ -703,7 +679,7 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
         for (oy0, oy1) in row_blocks(g) {
             let q = (oy1 - oy0) * g.wo;
             let dyb = MatRef { data: &dyn_[oy0 * g.wo..], rows: g.cout, cols: q, rs: p, cs: 1 };
-            with_scratch(kd * q, |cols| {
+            with_scratch(&SCRATCH, kd * q, |cols| {
                 sgemm(cols, q, wt, dyb, false);
                 col2im(cols, g, oy0, oy1, dxn);
             });
@@ -723,7 +699,7 @@ fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool
     if use_shifted(g) && !sparse_input {
         // dW in (cout, kh, kw, cin) order from the pixel-major padded input, then permuted.
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        with_local(&PADDED, (hp * wp + g.k) * g.cin, |xt| {
+        with_scratch(&PADDED, (hp * wp + g.k) * g.cin, |xt| {
             for i in 0..n {
                 let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
                 let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
@@ -766,7 +742,7 @@ fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool
         for (oy0, oy1) in row_blocks(g) {
             let q = (oy1 - oy0) * g.wo;
             let dyb = MatRef { data: &dyn_[oy0 * g.wo..], rows: g.cout, cols: q, rs: p, cs: 1 };
-            with_scratch(kd * q, |cols| {
+            with_scratch(&SCRATCH, kd * q, |cols| {
                 im2col(xn, g, oy0, oy1, cols);
                 sgemm(&mut dw, kd, dyb, MatRef::transposed(cols, q, kd), !first);
             });

@@ -83,6 +83,22 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` on this thread's buffer `buf`, grown to at least `len` (contents unspecified):
+/// scratch space reused across calls.
+pub(crate) fn with_scratch<R>(
+    buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    buf.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
+
 /// A vector whose every element the caller overwrites before reading: skips the zeroing pass
 /// (and, for fresh pages, the faults it would take) of `vec![0.0; len]`.
 #[allow(clippy::uninit_vec)]
