@@ -426,12 +426,10 @@ impl Operand for ShiftedT<'_> {
 
 /// `xt ((hp*wp + k) x cin)`: `x (cin x h x w)` zero-padded by `pad` and transposed to
 /// pixel-major.
-fn pad_transpose_into(x: &[f32], cin: usize, h: usize, w: usize, pad: usize, k: usize, xt: &mut [f32]) {
+fn pad_transpose_into(x: &[f32], cin: usize, h: usize, w: usize, pad: usize, xt: &mut [f32]) {
     let wp = w + 2 * pad;
-    let hp = h + 2 * pad;
     xt[..pad * wp * cin].fill(0.0);
     xt[(pad + h) * wp * cin..].fill(0.0);
-    let _ = (hp, k);
     xt[pad * wp * cin..(pad + h) * wp * cin].par_chunks_mut(wp * cin).enumerate().for_each(|(iy, row)| {
         super::wide(|| {
             row[..pad * cin].fill(0.0);
@@ -541,39 +539,28 @@ impl SpaceToDepth {
         dx
     }
 
-    /// `W (cout, cin, k, k) -> W' (cout, 4cin, k/2, k/2)`.
-    fn weight(&self, w: &[f32]) -> Vec<f32> {
+    /// `(index in W, index in W')` for every weight element, `W (cout, cin, k, k)` and
+    /// `W' (cout, 4cin, k/2, k/2)`.
+    fn weight_pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let (g, k1) = (&self.g, self.g1.k);
+        (0..g.cout * g.cin * g.k * g.k).map(move |i| {
+            let (o, c, kh, kw) = (i / (g.cin * g.k * g.k), (i / (g.k * g.k)) % g.cin, (i / g.k) % g.k, i % g.k);
+            let c1 = c * 4 + (kh % 2) * 2 + kw % 2;
+            (i, ((o * 4 * g.cin + c1) * k1 + kh / 2) * k1 + kw / 2)
+        })
+    }
+
+    /// `W -> W'`.
+    fn weight(&self, w: &[f32]) -> Vec<f32> {
         let mut w1 = output_vec(w.len());
-        for o in 0..g.cout {
-            for c in 0..g.cin {
-                for kh in 0..g.k {
-                    for kw in 0..g.k {
-                        let c1 = c * 4 + (kh % 2) * 2 + kw % 2;
-                        w1[((o * 4 * g.cin + c1) * k1 + kh / 2) * k1 + kw / 2] =
-                            w[((o * g.cin + c) * g.k + kh) * g.k + kw];
-                    }
-                }
-            }
-        }
+        self.weight_pairs().for_each(|(i, j)| w1[j] = w[i]);
         w1
     }
 
     /// The inverse of [`Self::weight`] (for the weight gradient).
     fn weight_back(&self, w1: &[f32]) -> Vec<f32> {
-        let (g, k1) = (&self.g, self.g1.k);
         let mut w = output_vec(w1.len());
-        for o in 0..g.cout {
-            for c in 0..g.cin {
-                for kh in 0..g.k {
-                    for kw in 0..g.k {
-                        let c1 = c * 4 + (kh % 2) * 2 + kw % 2;
-                        w[((o * g.cin + c) * g.k + kh) * g.k + kw] =
-                            w1[((o * 4 * g.cin + c1) * k1 + kh / 2) * k1 + kw / 2];
-                    }
-                }
-            }
-        }
+        self.weight_pairs().for_each(|(i, j)| w[i] = w1[j]);
         w
     }
 
@@ -703,7 +690,7 @@ fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool
             for i in 0..n {
                 let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
                 let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
-                pad_transpose_into(xn, g.cin, g.h, g.w, g.pad, g.k, xt);
+                pad_transpose_into(xn, g.cin, g.h, g.w, g.pad, xt);
                 let b = ShiftedT { xt, cin: g.cin, k: g.k, wp, ho: g.ho, wo: g.wo };
                 avx512::sgemm(&mut dw, kd, &MatRef::row_major(dyn_, g.cout, p), &b, i > 0);
             }
