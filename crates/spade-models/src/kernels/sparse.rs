@@ -121,42 +121,47 @@ pub(crate) fn forward(sp: &SparsePixels, w: &[f32], g: &Geom1, y: &mut [f32]) {
         .for_each_init(|| vec![0f32; BLK * cout], |acc, oy| super::wide(|| forward_row(sp, &wt, g, oy, acc, out)));
 }
 
+/// Calls `f(i, r, v)` for every nonzero that output pixel `ox0 + i` (`i < bl`) of row `oy`
+/// reads: weight tap row `r = (c*k + kh)*k + kw`, input value `v`. The one walk over the
+/// one-hot input that the forward (gather) and the weight gradient (scatter-add) share.
+#[inline(always)]
+fn block_taps(sp: &SparsePixels, g: &Geom1, oy: usize, ox0: usize, bl: usize, mut f: impl FnMut(usize, usize, f32)) {
+    for kh in 0..g.k {
+        let iy = oy + kh;
+        if iy < g.pad || iy - g.pad >= g.h {
+            continue;
+        }
+        let row = (iy - g.pad) * g.w;
+        for kw in 0..g.k {
+            // Block pixels whose input column ox + kw - pad lies in [0, w).
+            let lo = g.pad.saturating_sub(kw).max(ox0);
+            let hi = (g.w + g.pad).saturating_sub(kw).min(ox0 + bl);
+            for ox in lo..hi {
+                let (cs, vs) = sp.nonzeros(row + ox + kw - g.pad);
+                for (&c, &v) in cs.iter().zip(vs) {
+                    f(ox - ox0, (c as usize * g.k + kh) * g.k + kw, v);
+                }
+            }
+        }
+    }
+}
+
 /// Output row `oy` of [`forward`], block by block (inlined into [`super::wide`]).
 #[inline(always)]
 fn forward_row(sp: &SparsePixels, wt: &[f32], g: &Geom1, oy: usize, acc: &mut [f32], out: OutPtr) {
     let (p, cout) = (g.ho * g.wo, g.cout);
-    {
-        {
-            for ox0 in (0..g.wo).step_by(BLK) {
-                let bl = BLK.min(g.wo - ox0);
-                acc[..bl * cout].fill(0.0);
-                for kh in 0..g.k {
-                    let iy = oy + kh;
-                    if iy < g.pad || iy - g.pad >= g.h {
-                        continue;
-                    }
-                    let row = (iy - g.pad) * g.w;
-                    for kw in 0..g.k {
-                        // Block pixels whose input column ox + kw - pad lies in [0, w).
-                        let lo = g.pad.saturating_sub(kw).max(ox0);
-                        let hi = (g.w + g.pad).saturating_sub(kw).min(ox0 + bl);
-                        for ox in lo..hi {
-                            let (cs, vs) = sp.nonzeros(row + ox + kw - g.pad);
-                            let a = &mut acc[(ox - ox0) * cout..(ox - ox0 + 1) * cout];
-                            for (&c, &v) in cs.iter().zip(vs) {
-                                axpy(a, v, &wt[((c as usize * g.k + kh) * g.k + kw) * cout..][..cout]);
-                            }
-                        }
-                    }
-                }
-                for co in 0..cout {
-                    // SAFETY: pixels ox0..ox0+bl of row oy in channel co lie inside y (asserted
-                    // above); each task owns its row oy in every channel.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(co * p + oy * g.wo + ox0), bl) };
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        *d = acc[i * cout + co];
-                    }
-                }
+    for ox0 in (0..g.wo).step_by(BLK) {
+        let bl = BLK.min(g.wo - ox0);
+        acc[..bl * cout].fill(0.0);
+        block_taps(sp, g, oy, ox0, bl, |i, r, v| {
+            axpy(&mut acc[i * cout..(i + 1) * cout], v, &wt[r * cout..(r + 1) * cout])
+        });
+        for co in 0..cout {
+            // SAFETY: pixels ox0..ox0+bl of row oy in channel co lie inside y (asserted in
+            // `forward`); each task owns its row oy in every channel.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.at(co * p + oy * g.wo + ox0), bl) };
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = acc[i * cout + co];
             }
         }
     }
@@ -186,25 +191,9 @@ pub(crate) fn backward_filter(sp: &SparsePixels, dy: &[f32], g: &Geom1, dw: &mut
                                 blk[i * cout + co] = v;
                             }
                         }
-                        for kh in 0..g.k {
-                            let iy = oy + kh;
-                            if iy < g.pad || iy - g.pad >= g.h {
-                                continue;
-                            }
-                            let row = (iy - g.pad) * g.w;
-                            for kw in 0..g.k {
-                                let lo = g.pad.saturating_sub(kw).max(ox0);
-                                let hi = (g.w + g.pad).saturating_sub(kw).min(ox0 + bl);
-                                for ox in lo..hi {
-                                    let (cs, vs) = sp.nonzeros(row + ox + kw - g.pad);
-                                    let d = &blk[(ox - ox0) * cout..(ox - ox0 + 1) * cout];
-                                    for (&c, &v) in cs.iter().zip(vs) {
-                                        let r = (c as usize * g.k + kh) * g.k + kw;
-                                        axpy(&mut acc[r * cout..(r + 1) * cout], v, d);
-                                    }
-                                }
-                            }
-                        }
+                        block_taps(sp, g, oy, ox0, bl, |i, r, v| {
+                            axpy(&mut acc[r * cout..(r + 1) * cout], v, &blk[i * cout..(i + 1) * cout])
+                        });
                     }
                 }
                 acc

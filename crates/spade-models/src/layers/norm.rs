@@ -173,6 +173,7 @@ impl Norm {
             }
         }
     }
+
     /// [`Self::modulate_act`] with gamma and beta stacked in one `(n, 2c, h, w)` tensor (gamma's
     /// channels first), as one convolution computes them.
     pub fn modulate_act_stacked(
