@@ -121,7 +121,7 @@ impl SyntheticSegmenter {
             let logits = net.logits(&images)?;
             let loss = cross_entropy(&logits, &labels)?;
             adam.set_lr(2e-3 * (1.0 - it as f64 / spec.iterations as f64).max(0.05));
-            adam.step(&loss.backward()?)?;
+            adam.step_from_store(&loss.backward()?)?;
             bar.set_message(format!("loss {:.3}", loss.to_scalar::<f32>()?));
             bar.inc(1);
         }

@@ -1,8 +1,7 @@
 //! One training iteration as the reference's `Pix2PixTrainer` runs it: a generator step
 //! (fake from G in training mode, D on [fake; real] along the batch, G losses, Adam on G (+E)),
 //! then a discriminator step (fake regenerated without gradient, D losses, Adam on D).
-use crate::optim::{Adam, AdamConfig};
-use candle_core::backprop::GradStore;
+use crate::optim::{Adam, AdamConfig, ParamGrads};
 use candle_core::{DType, Device, Result, Tensor};
 use spade_models::checkpoint::Generator;
 use spade_models::loss::{crn_perceptual, feature_matching, gan_loss, kld, l1_pixel, GanMode, Vgg19};
@@ -108,7 +107,7 @@ pub struct Trainer {
     pub opt_g: Adam,
     pub opt_d: Adam,
     /// The gradients of the last generator and discriminator steps (for inspection and tests).
-    pub last_grads: (Option<GradStore>, Option<GradStore>),
+    pub last_grads: (Option<ParamGrads>, Option<ParamGrads>),
     /// Split each batch into this many micro-batches and sum their gradients (large effective
     /// batches on small machines; batch-norm statistics are then per micro-batch, as on
     /// several devices without synchronised batch norm).
@@ -304,12 +303,12 @@ impl Trainer {
         sem: &Tensor,
         real: &Tensor,
         mut terms: impl FnMut(&mut Self, &Tensor, &Tensor) -> Result<(Vec<(String, Tensor)>, T)>,
-    ) -> Result<(Losses, GradStore, Vec<T>)> {
+    ) -> Result<(Losses, ParamGrads, Vec<T>)> {
         let n = sem.dim(0)?;
         let k = if self.accumulate > 1 && n % self.accumulate == 0 { self.accumulate } else { 1 };
         let m = n / k;
         let mut losses: Losses = Vec::new();
-        let mut grads: Option<GradStore> = None;
+        let mut grads = ParamGrads::default();
         let mut outs = Vec::with_capacity(k);
         for i in 0..k {
             let (s, r) = if k == 1 {
@@ -325,25 +324,12 @@ impl Trainer {
                 }
             }
             let total = (sum(&t)? / k as f64)?;
-            let g = total.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(mut acc) => {
-                    for e in self.all_entries() {
-                        if let Some(new) = g.get(e.var.as_tensor()) {
-                            let merged = match acc.get(e.var.as_tensor()) {
-                                Some(old) => (old + new)?,
-                                None => new.clone(),
-                            };
-                            acc.insert(e.var.as_tensor(), merged);
-                        }
-                    }
-                    acc
-                }
-            });
+            let store = total.backward()?;
+            let entries = self.all_entries();
+            grads.accumulate(ParamGrads::from_store(&store, entries.iter().map(|e| &e.var)))?;
             outs.push(out);
         }
-        Ok((losses, grads.expect("at least one micro-batch"), outs))
+        Ok((losses, grads, outs))
     }
 
     /// The generator step. Returns the losses and the fake it produced.
