@@ -7,6 +7,10 @@
 //! - `resblock_fwd_s`, `resblock_fwdbwd_s`: one SPADE ResBlk(128, 128) on 4x128x64x64 with 36
 //!   label channels, batch-norm SPADE, training mode;
 //! - `peak_rss_mb`: the process's peak resident memory after the training iterations.
+//!
+//! `--cuda` (a build with `--features cuda`) runs the same configurations on CUDA device 0,
+//! synchronizing before each clock read, and adds `cuda_vs_cpu_max_abs`: the largest difference
+//! between the mini generator's output on the GPU and on the CPU for the same weights and input.
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use spade_models::loss::Vgg19;
@@ -25,6 +29,9 @@ pub struct Args {
     /// Comma-separated keys to measure (default: all).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Run on CUDA device 0 (needs a build with `--features cuda`).
+    #[arg(long)]
+    pub cuda: bool,
 }
 
 const KEYS: [&str; 5] =
@@ -59,8 +66,21 @@ fn inputs(opt: &NetOptions, n: usize, dev: &Device) -> Result<(Tensor, Tensor)> 
     Ok((sem, real))
 }
 
-fn time_iteration(vgg: bool, iters: usize) -> Result<f64> {
-    let dev = Device::Cpu;
+/// Seconds per call of `step`, after one warm-up call; the device is synchronized before each
+/// clock read, so that queued GPU work is counted.
+fn per_iter(dev: &Device, iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    step()?;
+    dev.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        step()?;
+    }
+    dev.synchronize()?;
+    Ok(t.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn time_iteration(dev: &Device, vgg: bool, iters: usize) -> Result<f64> {
+    let dev = dev.clone();
     let opt = mini_options();
     let nets = Nets::fresh(&opt, 0, &dev)?;
     let vgg = if vgg {
@@ -74,19 +94,16 @@ fn time_iteration(vgg: bool, iters: usize) -> Result<f64> {
     let (loss, optim) = (LossOptions::default(), OptimOptions::default());
     let mut tr = Trainer::new(opt.clone(), loss, optim, nets, vgg, 0)?;
     let (sem, real) = inputs(&opt, 4, &dev)?;
-    tr.generator_step(&sem, &real)?;
-    tr.discriminator_step(&sem, &real)?;
-    let t = Instant::now();
-    for _ in 0..iters {
+    per_iter(&dev, iters, || {
         tr.generator_step(&sem, &real)?;
         tr.discriminator_step(&sem, &real)?;
-    }
-    Ok(t.elapsed().as_secs_f64() / iters as f64)
+        Ok(())
+    })
 }
 
 /// One inference of the paper-size COCO-Stuff generator (eval mode, batch 1).
-fn time_inference(iters: usize) -> Result<f64> {
-    let dev = Device::Cpu;
+fn time_inference(dev: &Device, iters: usize) -> Result<f64> {
+    let dev = dev.clone();
     let opt = NetOptions {
         label_nc: 182,
         contain_dontcare_label: true,
@@ -98,19 +115,17 @@ fn time_inference(iters: usize) -> Result<f64> {
     let store = ParamStore::fresh(0, DType::F32, &dev);
     let g = spade_models::checkpoint::Generator::new(&opt, &store.root())?;
     let (sem, _) = inputs(&opt, 1, &dev)?;
-    g.forward_t(&sem, None, false)?;
-    let t = Instant::now();
-    for _ in 0..iters {
+    per_iter(&dev, iters, || {
         g.forward_t(&sem, None, false)?;
-    }
-    Ok(t.elapsed().as_secs_f64() / iters as f64)
+        Ok(())
+    })
 }
 
 /// One SPADE ResBlk(128, 128), 4x128x64x64, 36 label channels, training mode; forward only or
 /// forward + backward of the sum of the output.
-fn time_resblock(backward: bool, iters: usize) -> Result<f64> {
+fn time_resblock(dev: &Device, backward: bool, iters: usize) -> Result<f64> {
     use rand::{Rng, SeedableRng};
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let store = ParamStore::fresh(0, DType::F32, &dev);
     let norm = spade_models::options::SpadeNorm::parse("spectralspadesyncbatch3x3")?;
     let blk = spade_models::layers::spade::SpadeResBlk::new(&store.root(), 128, 128, norm, 36, 0.02)?;
@@ -119,19 +134,36 @@ fn time_resblock(backward: bool, iters: usize) -> Result<f64> {
     let ids: Vec<u32> = (0..4 * 64 * 64).map(|_| rng.gen_range(0..36)).collect();
     let ids = Tensor::from_vec(ids, (4, 1, 64, 64), &dev)?;
     let seg = ids.broadcast_eq(&Tensor::arange(0u32, 36, &dev)?.reshape((1, 36, 1, 1))?)?.to_dtype(DType::F32)?;
-    let step = || -> Result<()> {
+    per_iter(&dev, iters, || {
         let y = blk.forward_t(x.as_tensor(), &seg, true)?;
         if backward {
             y.sum_all()?.backward()?;
         }
         Ok(())
+    })
+}
+
+/// The mini generator (training-mode batch norm, batch 4) on `dev` and on the CPU, same
+/// weights and input: the largest absolute difference of the outputs.
+fn device_vs_cpu(dev: &Device) -> Result<f64> {
+    let opt = mini_options();
+    let run = |d: &Device| -> Result<Tensor> {
+        let store = ParamStore::fresh(3, DType::F32, d).frozen();
+        let g = spade_models::checkpoint::Generator::new(&opt, &store.root())?;
+        let (sem, _) = inputs(&opt, 4, &Device::Cpu)?;
+        Ok(g.forward_t(&sem.to_device(d)?, None, true)?.to_device(&Device::Cpu)?)
     };
-    step()?;
-    let t = Instant::now();
-    for _ in 0..iters {
-        step()?;
+    let diff = (run(dev)? - run(&Device::Cpu)?)?.abs()?.flatten_all()?.max(0)?;
+    Ok(diff.to_scalar::<f32>()? as f64)
+}
+
+fn device(cuda: bool) -> Result<Device> {
+    if cuda {
+        use anyhow::Context;
+        Device::new_cuda(0).context("--cuda: opening CUDA device 0 (build xtask with --features cuda)")
+    } else {
+        Ok(Device::Cpu)
     }
-    Ok(t.elapsed().as_secs_f64() / iters as f64)
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MB.
@@ -147,18 +179,22 @@ pub fn run(args: Args) -> Result<()> {
         anyhow::ensure!(KEYS.contains(&k.as_str()), "--only {k}: expected one of {}", KEYS.join(", "));
     }
     let want = |k: &str| args.only.is_empty() || args.only.iter().any(|o| o == k);
+    let dev = device(args.cuda)?;
     let mut out = serde_json::Map::new();
+    if args.cuda {
+        out.insert("cuda_vs_cpu_max_abs".into(), device_vs_cpu(&dev)?.into());
+    }
     // The training iterations first, so that the peak memory is theirs.
     for key in KEYS {
         if !want(key) {
             continue;
         }
         let secs = match key {
-            "train_mini_no_vgg_s" => time_iteration(false, args.iters)?,
-            "train_mini_vgg_s" => time_iteration(true, args.iters)?,
-            "infer_paper_coco_s" => time_inference(args.iters)?,
-            "resblock_fwd_s" => time_resblock(false, args.iters)?,
-            _ => time_resblock(true, args.iters)?,
+            "train_mini_no_vgg_s" => time_iteration(&dev, false, args.iters)?,
+            "train_mini_vgg_s" => time_iteration(&dev, true, args.iters)?,
+            "infer_paper_coco_s" => time_inference(&dev, args.iters)?,
+            "resblock_fwd_s" => time_resblock(&dev, false, args.iters)?,
+            _ => time_resblock(&dev, true, args.iters)?,
         };
         if !args.json {
             println!("{key}: {secs:.3} s");
@@ -179,6 +215,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
     out.insert("rayon_num_threads".into(), threads.clone().into());
+    out.insert("device".into(), format!("{dev:?}").into());
     out.insert("avx512_gemm".into(), spade_models::kernels::gemm::use_avx512().into());
     out.insert("fast_kernels".into(), std::env::var("SPADE_STOCK_OPS").map_or(true, |v| v != "1").into());
     if args.json {
