@@ -1,6 +1,9 @@
 //! Adam exactly as `torch.optim.Adam` (no weight decay), with its state exposed for checkpoints,
 //! and the parameter gradients it steps from.
-use candle_core::{backprop::GradStore, Result, Tensor, TensorId, Var};
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, TensorId, Var,
+};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// The gradients of a set of parameters, detached. candle's [`GradStore`] also keeps the
@@ -52,13 +55,16 @@ pub struct Adam {
     m: Vec<Var>,
     v: Vec<Var>,
     step: u64,
+    /// Update CPU f32 tensors in place, in one pass each ([`Moment`], [`Update`]); off, candle's
+    /// ops compute the same values (tests compare the two).
+    in_place: bool,
 }
 
 impl Adam {
     pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
         let m = params.iter().map(|(_, p)| Var::zeros(p.shape(), p.dtype(), p.device())).collect::<Result<_>>()?;
         let v = params.iter().map(|(_, p)| Var::zeros(p.shape(), p.dtype(), p.device())).collect::<Result<_>>()?;
-        Ok(Self { config, params, m, v, step: 0 })
+        Ok(Self { config, params, m, v, step: 0, in_place: true })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -78,6 +84,13 @@ impl Adam {
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for (i, (_, p)) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            let (m, v) = (self.m[i].as_tensor(), self.v[i].as_tensor());
+            if self.in_place && in_place_applies(&[p.as_tensor(), g, m, v]) {
+                m.inplace_op2(g, &Moment { decay: beta1, square: false })?;
+                v.inplace_op2(g, &Moment { decay: beta2, square: true })?;
+                p.inplace_op3(m, v, &Update { inv_sqrt_bc2: 1.0 / bc2.sqrt(), eps, step_size: lr / bc1 })?;
+                continue;
+            }
             let m = ((self.m[i].as_tensor() * beta1)? + (g * (1.0 - beta1))?)?;
             let v = ((self.v[i].as_tensor() * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
@@ -121,6 +134,89 @@ impl Adam {
     }
 }
 
+/// The in-place update runs on contiguous f32 CPU tensors; elsewhere candle's ops do.
+fn in_place_applies(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
+/// Elements per task of the in-place update.
+const CHUNK: usize = 1 << 14;
+
+/// The `f32` slice of a contiguous CPU storage.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: not contiguous".into()))?;
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: not contiguous".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("adam: expected f32"),
+    }
+}
+
+/// `m = m * decay + g * (1 - decay)` (or `g * g` for the second moment), in place: the same f32
+/// operations, in the same order, as the candle ops of [`Adam::step`]'s general path (an f64
+/// scalar factor is applied as candle's affine applies it, `x * (k as f32) + 0`).
+struct Moment {
+    decay: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (m, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
+        let (d, c) = (self.decay as f32, (1.0 - self.decay) as f32);
+        let square = self.square;
+        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+            for (m, &g) in m.iter_mut().zip(g) {
+                let g = if square { g * g } else { g };
+                *m = (*m * d + 0.0) + (g * c + 0.0);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `p = p - (m / (sqrt(v) / sqrt(bc2) + eps)) * (lr / bc1)`, in place, as [`Moment`] mirrors
+/// the general path.
+struct Update {
+    inv_sqrt_bc2: f64,
+    eps: f64,
+    step_size: f64,
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let (p, m, v) = (slice_mut(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (inv, eps, step) = (self.inv_sqrt_bc2 as f32, self.eps as f32, self.step_size as f32);
+        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                let denom = (v.sqrt() * inv + 0.0) * 1.0 + eps;
+                *p -= (m / denom) * step + 0.0;
+            }
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +241,37 @@ mod tests {
         assert!(grads.get(&c).is_none());
         grads.accumulate(ParamGrads::from_store(&store, [&w])).unwrap();
         assert_eq!(grads.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![20., 45., 78.]);
+    }
+
+    /// The in-place update gives bit for bit what candle's ops give, over several steps.
+    #[test]
+    fn in_place_update_equals_candle_ops() {
+        use rand::{Rng, SeedableRng};
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let n = 40_000; // more than one chunk
+        let init: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let cfg = AdamConfig { lr: 2e-4, beta1: 0.0, beta2: 0.9, eps: 1e-8 };
+        let cfg1 = AdamConfig { beta1: 0.5, ..cfg };
+        for cfg in [cfg, cfg1] {
+            let mut out = Vec::new();
+            for in_place in [true, false] {
+                let p = Var::new(init.as_slice(), &dev).unwrap();
+                let mut adam = Adam::new(vec![("p".into(), p.clone())], cfg).unwrap();
+                adam.in_place = in_place;
+                let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+                for _ in 0..3 {
+                    let g: Vec<f32> = (0..n).map(|_| rng.gen_range(-1e-2..1e-2)).collect();
+                    let g = Tensor::new(g.as_slice(), &dev).unwrap();
+                    let y = (p.as_tensor() * &g).unwrap().sum_all().unwrap();
+                    adam.step_from_store(&y.backward().unwrap()).unwrap();
+                }
+                let state: Vec<Vec<f32>> =
+                    adam.state().unwrap().iter().take(2).map(|(_, t)| t.to_vec1().unwrap()).collect();
+                out.push((p.as_tensor().to_vec1::<f32>().unwrap(), state));
+            }
+            assert_ne!(out[0].0, init, "the parameters moved");
+            assert!(out[0] == out[1], "in-place and candle-op updates differ");
+        }
     }
 }

@@ -53,7 +53,7 @@ impl SparsePixels {
     }
 
     /// The nonzeros of pixel `p` as (channel, value) pairs.
-    #[inline]
+    #[inline(always)]
     fn nonzeros(&self, p: usize) -> (&[u32], &[f32]) {
         let n = self.count[p] as usize;
         (&self.idx[p * MAX_NZ..p * MAX_NZ + n], &self.val[p * MAX_NZ..p * MAX_NZ + n])
@@ -100,8 +100,9 @@ impl OutPtr {
 /// Output pixels per block: a block's pixel-major accumulator (`BLK x cout`) stays in L1.
 const BLK: usize = 16;
 
-/// `acc[..cout] += v * w[..cout]`.
-#[inline]
+/// `acc[..cout] += v * w[..cout]`. Always inlined, so that it is compiled into the AVX-512
+/// row functions.
+#[inline(always)]
 fn axpy(acc: &mut [f32], v: f32, w: &[f32]) {
     for (a, &wv) in acc.iter_mut().zip(w) {
         *a += v * wv;
@@ -116,9 +117,25 @@ pub(crate) fn forward(sp: &SparsePixels, w: &[f32], g: &Geom1, y: &mut [f32]) {
     let out = OutPtr(y.as_mut_ptr());
     // Per block of output pixels: pixel-major accumulation (each pixel adds a few contiguous
     // weight rows), then transposed into the channel-major output.
-    (0..g.ho)
-        .into_par_iter()
-        .for_each_init(|| vec![0f32; BLK * cout], |acc, oy| super::wide(|| forward_row(sp, &wt, g, oy, acc, out)));
+    (0..g.ho).into_par_iter().for_each_init(
+        || vec![0f32; BLK * cout],
+        |acc, oy| {
+            #[cfg(target_arch = "x86_64")]
+            if super::wide_available() {
+                // SAFETY: the CPU has the features `forward_row_avx512` is compiled for.
+                return unsafe { forward_row_avx512(sp, &wt, g, oy, acc, out) };
+            }
+            forward_row(sp, &wt, g, oy, acc, out)
+        },
+    );
+}
+
+/// [`forward_row`] compiled for AVX-512: too large a body for [`super::wide`]'s closure to be
+/// inlined into its AVX-512 frame, it stayed 4 wide there (about 3x slower).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn forward_row_avx512(sp: &SparsePixels, wt: &[f32], g: &Geom1, oy: usize, acc: &mut [f32], out: OutPtr) {
+    forward_row(sp, wt, g, oy, acc, out)
 }
 
 /// Calls `f(i, r, v)` for every nonzero that output pixel `ox0 + i` (`i < bl`) of row `oy`
@@ -146,7 +163,7 @@ fn block_taps(sp: &SparsePixels, g: &Geom1, oy: usize, ox0: usize, bl: usize, mu
     }
 }
 
-/// Output row `oy` of [`forward`], block by block (inlined into [`super::wide`]).
+/// Output row `oy` of [`forward`], block by block.
 #[inline(always)]
 fn forward_row(sp: &SparsePixels, wt: &[f32], g: &Geom1, oy: usize, acc: &mut [f32], out: OutPtr) {
     let (p, cout) = (g.ho * g.wo, g.cout);
@@ -170,7 +187,7 @@ fn forward_row(sp: &SparsePixels, wt: &[f32], g: &Geom1, oy: usize, acc: &mut [f
 /// `dw (cout x cin x k x k) (+)= ` the weight gradient of one sample, `dy (cout x ho*wo)`.
 pub(crate) fn backward_filter(sp: &SparsePixels, dy: &[f32], g: &Geom1, dw: &mut [f32], accumulate: bool) {
     let kd = g.cin * g.k * g.k;
-    let (p, cout) = (g.ho * g.wo, g.cout);
+    let cout = g.cout;
     // Threads take bands of output rows, each into its own taps-major buffer, summed after.
     // Each block of output pixels is first transposed to pixel-major (in L1), so that each
     // scatter-add is a contiguous row of `cout`.
@@ -179,25 +196,13 @@ pub(crate) fn backward_filter(sp: &SparsePixels, dy: &[f32], g: &Geom1, dw: &mut
     let partial: Vec<Vec<f32>> = (0..g.ho.div_ceil(band))
         .into_par_iter()
         .map(|t| {
-            super::wide(|| {
-                let mut acc = vec![0f32; kd * cout];
-                let mut blk = vec![0f32; BLK * cout];
-                for oy in t * band..((t + 1) * band).min(g.ho) {
-                    for ox0 in (0..g.wo).step_by(BLK) {
-                        let bl = BLK.min(g.wo - ox0);
-                        for co in 0..cout {
-                            let src = &dy[co * p + oy * g.wo + ox0..][..bl];
-                            for (i, &v) in src.iter().enumerate() {
-                                blk[i * cout + co] = v;
-                            }
-                        }
-                        block_taps(sp, g, oy, ox0, bl, |i, r, v| {
-                            axpy(&mut acc[r * cout..(r + 1) * cout], v, &blk[i * cout..(i + 1) * cout])
-                        });
-                    }
-                }
-                acc
-            })
+            let rows = (t * band, ((t + 1) * band).min(g.ho));
+            #[cfg(target_arch = "x86_64")]
+            if super::wide_available() {
+                // SAFETY: the CPU has the features `filter_band_avx512` is compiled for.
+                return unsafe { filter_band_avx512(sp, dy, g, rows) };
+            }
+            filter_band(sp, dy, g, rows)
         })
         .collect();
     dw[..cout * kd].par_chunks_mut(kd).enumerate().for_each(|(co, row)| {
@@ -206,4 +211,35 @@ pub(crate) fn backward_filter(sp: &SparsePixels, dy: &[f32], g: &Geom1, dw: &mut
             *out = if accumulate { *out + v } else { v };
         }
     });
+}
+
+/// The taps-major weight gradient `(kd x cout)` of output rows `rows.0..rows.1`.
+#[inline(always)]
+fn filter_band(sp: &SparsePixels, dy: &[f32], g: &Geom1, rows: (usize, usize)) -> Vec<f32> {
+    let kd = g.cin * g.k * g.k;
+    let (p, cout) = (g.ho * g.wo, g.cout);
+    let mut acc = vec![0f32; kd * cout];
+    let mut blk = vec![0f32; BLK * cout];
+    for oy in rows.0..rows.1 {
+        for ox0 in (0..g.wo).step_by(BLK) {
+            let bl = BLK.min(g.wo - ox0);
+            for co in 0..cout {
+                let src = &dy[co * p + oy * g.wo + ox0..][..bl];
+                for (i, &v) in src.iter().enumerate() {
+                    blk[i * cout + co] = v;
+                }
+            }
+            block_taps(sp, g, oy, ox0, bl, |i, r, v| {
+                axpy(&mut acc[r * cout..(r + 1) * cout], v, &blk[i * cout..(i + 1) * cout])
+            });
+        }
+    }
+    acc
+}
+
+/// [`filter_band`] compiled for AVX-512 (see [`forward_row_avx512`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn filter_band_avx512(sp: &SparsePixels, dy: &[f32], g: &Geom1, rows: (usize, usize)) -> Vec<f32> {
+    filter_band(sp, dy, g, rows)
 }
