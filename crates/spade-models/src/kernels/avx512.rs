@@ -211,6 +211,8 @@ thread_local! {
     /// This thread's packed panels of A and of B, reused across calls.
     static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The whole of A, packed by [`pack_a_all`] on the thread that calls [`sgemm`].
+    static PACK_A_ALL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rows of A packed at once: the block stays in L2 while the B panels stream through L1.
@@ -242,13 +244,18 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
         let npanels = n.div_ceil(NR);
         let split_m = npanels < 2 * threads && m.div_ceil(MR) >= 2 * threads;
         if !split_m {
-            // One parallel region: chunks of B panels handed out by rayon (so a thread that is
-            // descheduled does not hold the others at a barrier), each chunk running the whole
-            // inner dimension with its own packed A.
-            let chunk = (npanels / (threads * 4)).clamp(1, NC / NR);
-            (0..npanels.div_ceil(chunk)).into_par_iter().for_each(|ch| {
-                let (j0, j1) = (ch * chunk * NR, ((ch + 1) * chunk * NR).min(n));
-                super::wide(|| chunk_product(c, ldc, a, b, (j0, j1), accumulate))
+            // A packed whole, once, by all threads; then one parallel region: chunks of B
+            // panels handed out by rayon (so a thread that is descheduled does not hold the
+            // others at a barrier), each chunk running the whole inner dimension.
+            let mpad = m.div_ceil(MR) * MR;
+            super::with_scratch(&PACK_A_ALL, mpad * k, |apack| {
+                pack_a_all(a, apack);
+                let apack: &[f32] = apack;
+                let chunk = (npanels / (threads * 4)).clamp(1, NC / NR);
+                (0..npanels.div_ceil(chunk)).into_par_iter().for_each(|ch| {
+                    let (j0, j1) = (ch * chunk * NR, ((ch + 1) * chunk * NR).min(n));
+                    super::wide(|| chunk_product(c, ldc, (m, k), apack, b, (j0, j1), accumulate))
+                });
             });
             return;
         }
@@ -304,52 +311,70 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
     }
 }
 
-/// C's columns `j0..j1` of [`sgemm`] over the whole inner dimension, on the calling thread.
+/// A packed whole for [`chunk_product`]: for each `KC` slice of the inner dimension (starting
+/// at `pc`), its `MR`-row panels one after another, at `pc * mpad + ip * kc * MR`. Threads pack
+/// the panels in parallel.
+fn pack_a_all<A: Operand>(a: &A, out: &mut [f32]) {
+    let (m, k) = (a.rows(), a.cols());
+    let mpad = m.div_ceil(MR) * MR;
+    let mut slices = Vec::with_capacity(k.div_ceil(KC));
+    let mut rest = &mut out[..mpad * k];
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let (slice, r) = rest.split_at_mut(kc * mpad);
+        slices.push((pc, kc, slice));
+        rest = r;
+    }
+    slices.into_par_iter().for_each(|(pc, kc, slice)| {
+        slice.par_chunks_mut(kc * MR).enumerate().for_each(|(ip, panel)| a.pack_a(ip * MR, pc, kc, panel));
+    });
+}
+
+/// C's columns `j0..j1` of [`sgemm`] over the whole inner dimension, on the calling thread,
+/// from A packed by [`pack_a_all`] (`m x k`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn chunk_product<A: Operand, B: Operand>(
+fn chunk_product<B: Operand>(
     c: CPtr,
     ldc: usize,
-    a: &A,
+    (m, k): (usize, usize),
+    apack: &[f32],
     b: &B,
     (j0, j1): (usize, usize),
     accumulate: bool,
 ) {
-    let (m, k) = (a.rows(), a.cols());
-    super::with_scratch(&PACK_A, MC_BIG.min(m.div_ceil(MR) * MR) * KC, |apack| {
-        super::with_scratch(&PACK_B, KC * NR, |bp| {
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let load = accumulate || pc > 0;
-                for ic in (0..m).step_by(MC_BIG) {
-                    let mpanels = MC_BIG.min(m - ic).div_ceil(MR);
-                    for ip in 0..mpanels {
-                        a.pack_a(ic + ip * MR, pc, kc, &mut apack[ip * kc * MR..(ip + 1) * kc * MR]);
-                    }
-                    for j in (j0..j1).step_by(NR) {
-                        let cols = NR.min(j1 - j);
-                        b.pack_b(pc, j, kc, cols, bp);
-                        for ip in 0..mpanels {
-                            let i = ic + ip * MR;
-                            // SAFETY: AVX-512 was detected by the caller of sgemm; the packed
-                            // panels hold kc*MR and kc*NR values; the tile lies inside C (rows,
-                            // cols clipped) and chunks write disjoint column ranges.
-                            unsafe {
-                                tile(
-                                    kc,
-                                    apack[ip * kc * MR..].as_ptr(),
-                                    bp.as_ptr(),
-                                    c.offset(i * ldc + j),
-                                    ldc,
-                                    MR.min(m - i),
-                                    cols,
-                                    load,
-                                )
-                            }
+    let mpad = m.div_ceil(MR) * MR;
+    super::with_scratch(&PACK_B, KC * NR, |bp| {
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let load = accumulate || pc > 0;
+            let aslice = &apack[pc * mpad..(pc + kc) * mpad];
+            for ic in (0..m).step_by(MC_BIG) {
+                let mpanels = MC_BIG.min(m - ic).div_ceil(MR);
+                let ip0 = ic / MR;
+                for j in (j0..j1).step_by(NR) {
+                    let cols = NR.min(j1 - j);
+                    b.pack_b(pc, j, kc, cols, bp);
+                    for ip in ip0..ip0 + mpanels {
+                        let i = ip * MR;
+                        // SAFETY: AVX-512 was detected by the caller of sgemm; the packed
+                        // panels hold kc*MR and kc*NR values; the tile lies inside C (rows,
+                        // cols clipped) and chunks write disjoint column ranges.
+                        unsafe {
+                            tile(
+                                kc,
+                                aslice[ip * kc * MR..].as_ptr(),
+                                bp.as_ptr(),
+                                c.offset(i * ldc + j),
+                                ldc,
+                                MR.min(m - i),
+                                cols,
+                                load,
+                            )
                         }
                     }
                 }
             }
-        })
+        }
     })
 }

@@ -97,18 +97,22 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` on this thread's buffer `buf`, grown to at least `len` (contents unspecified):
-/// scratch space reused across calls.
+/// scratch space reused across calls. Where the buffer is already in use on this thread (a
+/// thread that waits inside a parallel region can run another task that wants it), `f` gets a
+/// fresh one.
 pub(crate) fn with_scratch<R>(
     buf: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
-    buf.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < len {
-            b.resize(len, 0.0);
+    buf.with(|b| match b.try_borrow_mut() {
+        Ok(mut b) => {
+            if b.len() < len {
+                b.resize(len, 0.0);
+            }
+            f(&mut b[..len])
         }
-        f(&mut b[..len])
+        Err(_) => f(&mut vec![0.0; len]),
     })
 }
 
