@@ -62,6 +62,14 @@ pub trait Operand: Sync {
     fn pack_b(&self, p0: usize, j0: usize, kc: usize, cols: usize, out: &mut [f32]) {
         pack_b_by_rows(self, p0, j0, kc, cols, out)
     }
+
+    /// For an operand whose rows are runs of one slice: that slice, with `offs[p]` set to where
+    /// row `p0 + p` starts (`B(p0 + p, j) = slice[offs[p] + j]`), so that full panels are read
+    /// in place instead of packed. `None` (the default): always pack.
+    fn row_starts(&self, p0: usize, offs: &mut [usize]) -> Option<&[f32]> {
+        let _ = (p0, offs);
+        None
+    }
 }
 
 /// [`Operand::pack_a`] from row runs: each of the panel's rows read in order.
@@ -175,6 +183,45 @@ unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usi
         ap = ap.add(MR);
         bp = bp.add(NR);
     }
+    store_tile(&acc, c, ldc, load);
+}
+
+/// [`micro`] with B read in place: row `p` of the panel at `b.add(offs[p])`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_rows(
+    kc: usize,
+    ap: *const f32,
+    b: *const f32,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let mut ap = ap;
+    for p in 0..kc {
+        let bp = b.add(*offs.add(p));
+        let mut bv = [_mm512_setzero_ps(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(bp.add(16 * v));
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*ap.add(i));
+            for (r, x) in row.iter_mut().zip(&bv) {
+                *r = _mm512_fmadd_ps(a, *x, *r);
+            }
+        }
+        ap = ap.add(MR);
+    }
+    store_tile(&acc, c, ldc, load);
+}
+
+/// Writes (or adds, with `load`) the accumulators to C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile(acc: &[[__m512; NV]; MR], c: *mut f32, ldc: usize, load: bool) {
     for (i, row) in acc.iter().enumerate() {
         let cr = c.add(i * ldc);
         for (v, r) in row.iter().enumerate() {
@@ -188,16 +235,27 @@ unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usi
     }
 }
 
+/// Where a tile's B panel comes from: packed, or rows read in place ([`Operand::row_starts`]).
+#[derive(Clone, Copy)]
+enum Panel {
+    Packed(*const f32),
+    Rows(*const f32, *const usize),
+}
+
 /// One `MR x NR` tile, through a scratch tile where it overhangs C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile(kc: usize, ap: *const f32, bp: *const f32, c: CPtr, ldc: usize, rows: usize, cols: usize, load: bool) {
+unsafe fn tile(kc: usize, ap: *const f32, b: Panel, c: CPtr, ldc: usize, rows: usize, cols: usize, load: bool) {
+    let run = |c: *mut f32, ldc: usize, load: bool| match b {
+        Panel::Packed(bp) => micro(kc, ap, bp, c, ldc, load),
+        Panel::Rows(base, offs) => micro_rows(kc, ap, base, offs, c, ldc, load),
+    };
     if rows == MR && cols == NR {
-        micro(kc, ap, bp, c.0, ldc, load);
+        run(c.0, ldc, load);
         return;
     }
     let mut tmp = [0f32; MR * NR];
-    micro(kc, ap, bp, tmp.as_mut_ptr(), NR, false);
+    run(tmp.as_mut_ptr(), NR, false);
     for i in 0..rows {
         let cr = c.0.add(i * ldc);
         for j in 0..cols {
@@ -288,7 +346,7 @@ pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, 
                                         tile(
                                             kc,
                                             ap.as_ptr(),
-                                            bp[jp * kc * NR..].as_ptr(),
+                                            Panel::Packed(bp[jp * kc * NR..].as_ptr()),
                                             c.offset(i * ldc + j),
                                             ldc,
                                             MR.min(m - i),
@@ -344,17 +402,29 @@ fn chunk_product<B: Operand>(
     accumulate: bool,
 ) {
     let mpad = m.div_ceil(MR) * MR;
+    let mut offs = [0usize; KC];
     super::with_scratch(&PACK_B, KC * NR, |bp| {
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let load = accumulate || pc > 0;
             let aslice = &apack[pc * mpad..(pc + kc) * mpad];
+            // Rows read in place where B allows it and the panel lies inside its slice.
+            let rows =
+                b.row_starts(pc, &mut offs[..kc]).map(|src| (src, offs[..kc].iter().max().copied().unwrap_or(0)));
             for ic in (0..m).step_by(MC_BIG) {
                 let mpanels = MC_BIG.min(m - ic).div_ceil(MR);
                 let ip0 = ic / MR;
                 for j in (j0..j1).step_by(NR) {
                     let cols = NR.min(j1 - j);
-                    b.pack_b(pc, j, kc, cols, bp);
+                    let panel = match rows {
+                        Some((src, top)) if cols == NR && top + j + NR <= src.len() => {
+                            Panel::Rows(src[j..].as_ptr(), offs.as_ptr())
+                        }
+                        _ => {
+                            b.pack_b(pc, j, kc, cols, bp);
+                            Panel::Packed(bp.as_ptr())
+                        }
+                    };
                     for ip in ip0..ip0 + mpanels {
                         let i = ip * MR;
                         // SAFETY: AVX-512 was detected by the caller of sgemm; the packed
@@ -364,7 +434,7 @@ fn chunk_product<B: Operand>(
                             tile(
                                 kc,
                                 aslice[ip * kc * MR..].as_ptr(),
-                                bp.as_ptr(),
+                                panel,
                                 c.offset(i * ldc + j),
                                 ldc,
                                 MR.min(m - i),

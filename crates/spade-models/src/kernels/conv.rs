@@ -263,6 +263,14 @@ impl Operand for Shifted<'_> {
             }
         }
     }
+
+    /// Every row is a run of the padded input: full panels are read from it in place.
+    fn row_starts(&self, p0: usize, offs: &mut [usize]) -> Option<&[f32]> {
+        for (p, o) in offs.iter_mut().enumerate() {
+            *o = self.base(p0 + p);
+        }
+        Some(self.xp)
+    }
 }
 
 /// Length of the padded copy of `cin x h x w` with `pad` on every side, plus the slack that
