@@ -81,6 +81,8 @@ fn conv2d_matches_candle() {
         (2, 40, 19, 22, 33, 3, 1, 0, false),
         (2, 3, 16, 18, 5, 4, 1, 2, true),
         (1, 70, 24, 16, 13, 5, 1, 2, true),
+        // Channel counts that are whole panels (the weight gradient packs one tap per panel).
+        (2, 96, 16, 17, 8, 3, 1, 1, true),
     ];
     for (i, &(n, cin, h, w, cout, k, stride, pad, bias)) in cases.iter().enumerate() {
         let mut inputs = vec![rand(&[n, cin, h, w], i as u64), rand(&[cout, cin, k, k], 10 + i as u64)];
