@@ -170,20 +170,28 @@ unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usi
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let (mut ap, mut bp) = (ap, bp);
     for _ in 0..kc {
-        let mut b = [_mm512_setzero_ps(); NV];
-        for (v, bv) in b.iter_mut().enumerate() {
-            *bv = _mm512_loadu_ps(bp.add(16 * v));
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let a = _mm512_set1_ps(*ap.add(i));
-            for (r, bv) in row.iter_mut().zip(&b) {
-                *r = _mm512_fmadd_ps(a, *bv, *r);
-            }
-        }
+        kstep(&mut acc, ap, bp);
         ap = ap.add(MR);
         bp = bp.add(NR);
     }
     store_tile(&acc, c, ldc, load);
+}
+
+/// One step of the inner dimension: `acc += Ap[p] * Bp[p]` (an `MR` column of A, an `NR` row of B).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn kstep(acc: &mut [[__m512; NV]; MR], ap: *const f32, bp: *const f32) {
+    let mut b = [_mm512_setzero_ps(); NV];
+    for (v, bv) in b.iter_mut().enumerate() {
+        *bv = _mm512_loadu_ps(bp.add(16 * v));
+    }
+    for (i, row) in acc.iter_mut().enumerate() {
+        let a = _mm512_set1_ps(*ap.add(i));
+        for (r, bv) in row.iter_mut().zip(&b) {
+            *r = _mm512_fmadd_ps(a, *bv, *r);
+        }
+    }
 }
 
 /// [`micro`] with B read in place: row `p` of the panel at `b.add(offs[p])`.
@@ -201,17 +209,7 @@ unsafe fn micro_rows(
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let mut ap = ap;
     for p in 0..kc {
-        let bp = b.add(*offs.add(p));
-        let mut bv = [_mm512_setzero_ps(); NV];
-        for (v, x) in bv.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(bp.add(16 * v));
-        }
-        for (i, row) in acc.iter_mut().enumerate() {
-            let a = _mm512_set1_ps(*ap.add(i));
-            for (r, x) in row.iter_mut().zip(&bv) {
-                *r = _mm512_fmadd_ps(a, *x, *r);
-            }
-        }
+        kstep(&mut acc, ap, b.add(*offs.add(p)));
         ap = ap.add(MR);
     }
     store_tile(&acc, c, ldc, load);
