@@ -4,6 +4,7 @@ use candle_core::{
     backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, TensorId, Var,
 };
 use rayon::prelude::*;
+use spade_models::kernels::{f32_slice, f32_slice_mut};
 use std::collections::HashMap;
 
 /// The gradients of a set of parameters, detached. candle's [`GradStore`] also keeps the
@@ -142,20 +143,6 @@ fn in_place_applies(ts: &[&Tensor]) -> bool {
 /// Elements per task of the in-place update.
 const CHUNK: usize = 1 << 14;
 
-/// The `f32` slice of a contiguous CPU storage.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: not contiguous".into()))?;
-    Ok(&s.as_slice::<f32>()?[a..b])
-}
-
-fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: not contiguous".into()))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("adam: expected f32"),
-    }
-}
-
 /// `m = m * decay + g * (1 - decay)` (or `g * g` for the second moment), in place: the same f32
 /// operations, in the same order, as the candle ops of [`Adam::step`]'s general path (an f64
 /// scalar factor is applied as candle's affine applies it, `x * (k as f32) + 0`).
@@ -170,7 +157,7 @@ impl InplaceOp2 for Moment {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (m, g) = (slice_mut(s1, l1)?, slice(s2, l2)?);
+        let (m, g) = (f32_slice_mut(s1, l1, "adam")?, f32_slice(s2, l2, "adam")?);
         let (d, c) = (self.decay as f32, (1.0 - self.decay) as f32);
         let square = self.square;
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
@@ -205,7 +192,7 @@ impl InplaceOp3 for Update {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<()> {
-        let (p, m, v) = (slice_mut(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (p, m, v) = (f32_slice_mut(s1, l1, "adam")?, f32_slice(s2, l2, "adam")?, f32_slice(s3, l3, "adam")?);
         let (inv, eps, step) = (self.inv_sqrt_bc2 as f32, self.eps as f32, self.step_size as f32);
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK))).for_each(|(p, (m, v))| {
             for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {

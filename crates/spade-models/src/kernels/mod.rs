@@ -127,8 +127,8 @@ pub(crate) fn uninit_vec(len: usize) -> Vec<f32> {
     v
 }
 
-/// The f32 slice behind a contiguous CPU storage.
-pub(crate) fn f32_slice<'a>(
+/// The f32 slice behind a contiguous CPU storage (for `CustomOp`s and in-place ops).
+pub fn f32_slice<'a>(
     s: &'a candle_core::CpuStorage,
     l: &candle_core::Layout,
     op: &str,
@@ -139,6 +139,22 @@ pub(crate) fn f32_slice<'a>(
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor, got strides {:?}", l.stride()),
+    }
+}
+
+/// [`f32_slice`], mutable (for in-place ops).
+pub fn f32_slice_mut<'a>(
+    s: &'a mut candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let data = match s {
+        candle_core::CpuStorage::F32(v) => v.as_mut_slice(),
+        _ => candle_core::bail!("{op}: expected f32 data"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
         None => candle_core::bail!("{op}: expected a contiguous tensor, got strides {:?}", l.stride()),
     }
 }
