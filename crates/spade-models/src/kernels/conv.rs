@@ -273,26 +273,29 @@ impl Operand for Shifted<'_> {
     }
 }
 
-/// Length of the padded copy of `cin x h x w` with `pad` on every side, plus the slack that
+/// Length of the padded copy of `n x cin x h x w` with `pad` on every side, plus the slack that
 /// the last channel's shifted runs read past its end (into discarded columns).
-fn padded_len(cin: usize, h: usize, w: usize, pad: usize, k: usize) -> usize {
-    cin * (h + 2 * pad) * (w + 2 * pad) + k
+fn padded_len(n: usize, cin: usize, h: usize, w: usize, pad: usize, k: usize) -> usize {
+    cin * n * (h + 2 * pad) * (w + 2 * pad) + k
 }
 
-/// `xp = x (cin x h x w)` zero-padded by `pad`, laid out `cin x hp x wp`.
-fn pad_into(x: &[f32], cin: usize, h: usize, w: usize, pad: usize, xp: &mut [f32]) {
+/// `xp = x (n x cin x h x w)` zero-padded by `pad`, laid out `cin x (n * hp) x wp`: per
+/// channel, the samples' padded planes stacked into one tall plane.
+fn pad_into(x: &[f32], n: usize, cin: usize, h: usize, w: usize, pad: usize, xp: &mut [f32]) {
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-    let plane = hp * wp;
+    let plane = n * hp * wp;
     xp[cin * plane..].fill(0.0);
-    xp[..cin * plane].par_chunks_mut(plane).enumerate().for_each(|(c, dst)| {
-        let src = &x[c * h * w..(c + 1) * h * w];
-        dst[..pad * wp].fill(0.0);
-        dst[(pad + h) * wp..].fill(0.0);
-        for iy in 0..h {
-            let row = &mut dst[(iy + pad) * wp..(iy + pad + 1) * wp];
-            row[..pad].fill(0.0);
-            row[pad + w..].fill(0.0);
-            row[pad..pad + w].copy_from_slice(&src[iy * w..(iy + 1) * w]);
+    xp[..cin * plane].par_chunks_mut(plane).enumerate().for_each(|(c, tall)| {
+        for (s, dst) in tall.chunks_mut(hp * wp).enumerate() {
+            let src = &x[(s * cin + c) * h * w..(s * cin + c + 1) * h * w];
+            dst[..pad * wp].fill(0.0);
+            dst[(pad + h) * wp..].fill(0.0);
+            for iy in 0..h {
+                let row = &mut dst[(iy + pad) * wp..(iy + pad + 1) * wp];
+                row[..pad].fill(0.0);
+                row[pad + w..].fill(0.0);
+                row[pad..pad + w].copy_from_slice(&src[iy * w..(iy + 1) * w]);
+            }
         }
     });
 }
@@ -303,11 +306,13 @@ thread_local! {
     static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `y (cout x ho x wo) = conv(x (cin x h x w), w (cout x cin*k*k))`, stride 1, padding `pad`,
-/// through [`Shifted`].
+/// `y (n x cout x ho x wo) = conv(x (n x cin x h x w), w (cout x cin*k*k))`, stride 1, padding
+/// `pad`, through [`Shifted`]: one product over the samples' padded planes stacked into one
+/// tall plane, whose output rows that straddle two samples are discarded with the extra columns.
 #[allow(clippy::too_many_arguments)]
 fn shifted_conv(
     x: &[f32],
+    n: usize,
     cin: usize,
     h: usize,
     w: usize,
@@ -320,23 +325,24 @@ fn shifted_conv(
 ) {
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     let (ho, wo) = (hp + 1 - k, wp + 1 - k);
-    with_scratch(&PADDED, padded_len(cin, h, w, pad, k), |xp| {
-        pad_into(x, cin, h, w, pad, xp);
-        let b = Shifted { xp, cin, k, hp, wp, ho };
+    let tall = n * hp + 1 - k;
+    with_scratch(&PADDED, padded_len(n, cin, h, w, pad, k), |xp| {
+        pad_into(x, n, cin, h, w, pad, xp);
+        let b = Shifted { xp, cin, k, hp: n * hp, wp, ho: tall };
         let wm = MatRef::row_major(wt, cout, cin * k * k);
-        with_scratch(&WIDE, cout * ho * wp, |wide| {
-            avx512::sgemm(wide, ho * wp, &wm, &b, false);
-            y[..cout * ho * wo].par_chunks_mut(ho * wo).zip(wide.par_chunks(ho * wp)).enumerate().for_each(
-                |(co, (yc, wc))| {
-                    for oy in 0..ho {
-                        let row = &mut yc[oy * wo..(oy + 1) * wo];
-                        row.copy_from_slice(&wc[oy * wp..oy * wp + wo]);
-                        if let Some(e) = epi {
-                            bias_act_in_place(row, e.bias[co], e.slope);
-                        }
+        with_scratch(&WIDE, cout * tall * wp, |wide| {
+            avx512::sgemm(wide, tall * wp, &wm, &b, false);
+            y[..n * cout * ho * wo].par_chunks_mut(ho * wo).enumerate().for_each(|(q, yc)| {
+                let (s, co) = (q / cout, q % cout);
+                let wc = &wide[co * tall * wp + s * hp * wp..];
+                for oy in 0..ho {
+                    let row = &mut yc[oy * wo..(oy + 1) * wo];
+                    row.copy_from_slice(&wc[oy * wp..oy * wp + wo]);
+                    if let Some(e) = epi {
+                        bias_act_in_place(row, e.bias[co], e.slope);
                     }
-                },
-            );
+                }
+            });
         })
     })
 }
@@ -345,6 +351,12 @@ fn shifted_conv(
 /// discarded columns (`2 * pad` per row) cost little.
 fn use_shifted(g: &Geom) -> bool {
     g.stride == 1 && !g.pointwise() && g.wo >= 16 && use_avx512()
+}
+
+/// Stride-1 convolutions of maps narrower than [`use_shifted`]'s: all samples go through one
+/// shifted product (one product per sample would be too small to share between threads).
+fn use_shifted_batch(g: &Geom) -> bool {
+    g.stride == 1 && !g.pointwise() && g.wo < 16 && use_avx512()
 }
 
 /// `W (cout, cin, k, k) -> Wf (cin, cout, k, k)` flipped in space: the weight of the
@@ -614,11 +626,15 @@ fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Op
     }
     let (kd, p) = (g.kdim(), g.out_px());
     let mut y = output_vec(n * g.cout * p);
+    if use_shifted_batch(g) && !sparse_input {
+        shifted_conv(x, n, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, &mut y, epi);
+        return y;
+    }
     let wm = MatRef::row_major(w, g.cout, kd);
     for (i, yn) in y.chunks_mut(g.cout * p).enumerate() {
         let xn = &x[i * g.cin * g.in_px()..(i + 1) * g.cin * g.in_px()];
         if use_shifted(g) && !sparse_input {
-            shifted_conv(xn, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, yn, epi);
+            shifted_conv(xn, 1, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, yn, epi);
             continue;
         }
         if let Some((sp, g1)) = sparse_sample(xn, g, sparse_input) {
@@ -626,7 +642,7 @@ fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Op
         } else if g.pointwise() {
             sgemm(yn, p, wm, MatRef::row_major(xn, kd, p), false);
         } else if use_shifted(g) {
-            shifted_conv(xn, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, yn, None);
+            shifted_conv(xn, 1, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, yn, None);
         } else if use_avx512() {
             avx512::sgemm(yn, p, &wm, &Im2Col { x: xn, g: *g }, false);
         } else {
@@ -652,15 +668,21 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
         return sd.input_grad(&dxs, n);
     }
     let (kd, p) = (g.kdim(), g.out_px());
+    // The input gradient of a stride-1 convolution is the convolution of dy, padded by
+    // k - 1 - pad, with the flipped transposed weight.
+    let flipped_pad = g.k - 1 - g.pad.min(g.k - 1);
     if use_shifted(g) && g.pad < g.k && g.w >= 16 {
-        // The input gradient of a stride-1 convolution is the convolution of dy, padded by
-        // k - 1 - pad, with the flipped transposed weight.
         let wf = flip_transpose(w, g);
         let mut dx = output_vec(n * g.cin * g.in_px());
         for (i, dxn) in dx.chunks_mut(g.cin * g.in_px()).enumerate() {
             let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
-            shifted_conv(dyn_, g.cout, g.ho, g.wo, g.k - 1 - g.pad, &wf, g.cin, g.k, dxn, None);
+            shifted_conv(dyn_, 1, g.cout, g.ho, g.wo, flipped_pad, &wf, g.cin, g.k, dxn, None);
         }
+        return dx;
+    }
+    if use_shifted_batch(g) && g.pad < g.k {
+        let mut dx = output_vec(n * g.cin * g.in_px());
+        shifted_conv(dy, n, g.cout, g.ho, g.wo, flipped_pad, &flip_transpose(w, g), g.cin, g.k, &mut dx, None);
         return dx;
     }
     let mut dx = if g.pointwise() { output_vec(n * g.cin * g.in_px()) } else { vec![0f32; n * g.cin * g.in_px()] };
