@@ -668,22 +668,24 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
         return sd.input_grad(&dxs, n);
     }
     let (kd, p) = (g.kdim(), g.out_px());
-    // The input gradient of a stride-1 convolution is the convolution of dy, padded by
-    // k - 1 - pad, with the flipped transposed weight.
-    let flipped_pad = g.k - 1 - g.pad.min(g.k - 1);
-    if use_shifted(g) && g.pad < g.k && g.w >= 16 {
-        let wf = flip_transpose(w, g);
-        let mut dx = output_vec(n * g.cin * g.in_px());
-        for (i, dxn) in dx.chunks_mut(g.cin * g.in_px()).enumerate() {
-            let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
-            shifted_conv(dyn_, 1, g.cout, g.ho, g.wo, flipped_pad, &wf, g.cin, g.k, dxn, None);
+    if g.pad < g.k {
+        // The input gradient of a stride-1 convolution is the convolution of dy, padded by
+        // k - 1 - pad, with the flipped transposed weight.
+        let flipped_pad = g.k - 1 - g.pad;
+        if use_shifted(g) && g.w >= 16 {
+            let wf = flip_transpose(w, g);
+            let mut dx = output_vec(n * g.cin * g.in_px());
+            for (i, dxn) in dx.chunks_mut(g.cin * g.in_px()).enumerate() {
+                let dyn_ = &dy[i * g.cout * p..(i + 1) * g.cout * p];
+                shifted_conv(dyn_, 1, g.cout, g.ho, g.wo, flipped_pad, &wf, g.cin, g.k, dxn, None);
+            }
+            return dx;
         }
-        return dx;
-    }
-    if use_shifted_batch(g) && g.pad < g.k {
-        let mut dx = output_vec(n * g.cin * g.in_px());
-        shifted_conv(dy, n, g.cout, g.ho, g.wo, flipped_pad, &flip_transpose(w, g), g.cin, g.k, &mut dx, None);
-        return dx;
+        if use_shifted_batch(g) {
+            let mut dx = output_vec(n * g.cin * g.in_px());
+            shifted_conv(dy, n, g.cout, g.ho, g.wo, flipped_pad, &flip_transpose(w, g), g.cin, g.k, &mut dx, None);
+            return dx;
+        }
     }
     let mut dx = if g.pointwise() { output_vec(n * g.cin * g.in_px()) } else { vec![0f32; n * g.cin * g.in_px()] };
     let wt = MatRef::transposed(w, kd, g.cout);
