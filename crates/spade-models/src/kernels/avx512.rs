@@ -44,8 +44,9 @@ impl CPtr {
     }
 }
 
-/// A matrix operand of [`sgemm`], read only through packing: a strided view ([`MatRef`]) or a
-/// matrix computed on the fly (the convolution's im2col).
+/// A matrix operand of [`sgemm`], read through packing (or, for B panels whose rows are runs
+/// of one slice, in place: [`Operand::row_starts`]): a strided view ([`MatRef`]) or a matrix
+/// computed on the fly (the convolution's im2col and shifted inputs).
 pub trait Operand: Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
@@ -278,9 +279,9 @@ const NC: usize = NR * 86;
 
 /// `dst (m x n, rows ldc apart) (+)= a * b`. Callers check `available()`.
 ///
-/// For each `KC` slice of the inner dimension, A's rows are packed once (in blocks of
-/// [`MC_BIG`]); the B panels are split between threads, and each thread packs a panel and
-/// runs it against every A panel while it is in L1, so no B block is written out whole. Where
+/// A is packed whole, once, by all threads ([`pack_a_all`]); the B panels are split between
+/// threads, and each thread packs a panel (or reads it in place) and runs it against every A
+/// panel of a [`MC_BIG`] block while it is in cache, so no B block is written out whole. Where
 /// B has too few panels to share (a narrow product), threads split the A panels instead.
 pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
