@@ -12,12 +12,12 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-const MR: usize = 8;
+pub(super) const MR: usize = 8;
 /// Columns of C per micro-kernel tile (two zmm registers).
 pub const NR: usize = 48;
 /// zmm registers per row of a tile.
 const NV: usize = NR / 16;
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 
 /// Whether this CPU can run the kernel.
 pub fn available() -> bool {
@@ -167,7 +167,7 @@ impl Operand for MatRef<'_> {
 /// `C[MR x NR] (+)= Ap * Bp` over `kc`; C rows `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+pub(super) unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let (mut ap, mut bp) = (ap, bp);
     for _ in 0..kc {

@@ -10,6 +10,7 @@ use super::avx512::{self, Operand};
 use super::gemm::{sgemm, use_avx512, MatRef};
 use super::pointwise::{bias_act_grads, bias_act_in_place};
 use super::sparse::{self, Geom1, SparsePixels};
+use super::winograd;
 use super::{applies, f32_slice, with_scratch};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -359,6 +360,12 @@ fn use_shifted_batch(g: &Geom) -> bool {
     g.stride == 1 && !g.pointwise() && g.wo < 16 && use_avx512()
 }
 
+/// Whether [`winograd::conv3x3`] serves this convolution of `n` maps: 3x3, stride 1, padding 1
+/// (so the input gradient is one too), on maps with enough tiles.
+fn use_winograd(g: &Geom, n: usize) -> bool {
+    g.k == 3 && g.stride == 1 && g.pad == 1 && winograd::worth_it(n, g.h, g.w)
+}
+
 /// `W (cout, cin, k, k) -> Wf (cin, cout, k, k)` flipped in space: the weight of the
 /// convolution that is the input gradient of a stride-1 convolution.
 fn flip_transpose(w: &[f32], g: &Geom) -> Vec<f32> {
@@ -626,6 +633,10 @@ fn forward(x: &[f32], w: &[f32], g: &Geom, n: usize, sparse_input: bool, epi: Op
     }
     let (kd, p) = (g.kdim(), g.out_px());
     let mut y = output_vec(n * g.cout * p);
+    if use_winograd(g, n) && !sparse_input {
+        winograd::conv3x3(x, n, g.cin, g.h, g.w, w, g.cout, &mut y, epi.map(|e| (e.bias, e.slope)));
+        return y;
+    }
     if use_shifted_batch(g) && !sparse_input {
         shifted_conv(x, n, g.cin, g.h, g.w, g.pad, w, g.cout, g.k, &mut y, epi);
         return y;
@@ -672,6 +683,11 @@ fn backward_data(dy: &[f32], w: &[f32], g: &Geom, n: usize) -> Vec<f32> {
         // The input gradient of a stride-1 convolution is the convolution of dy, padded by
         // k - 1 - pad, with the flipped transposed weight.
         let flipped_pad = g.k - 1 - g.pad;
+        if use_winograd(g, n) {
+            let mut dx = output_vec(n * g.cin * g.in_px());
+            winograd::conv3x3(dy, n, g.cout, g.ho, g.wo, &flip_transpose(w, g), g.cin, &mut dx, None);
+            return dx;
+        }
         if use_shifted(g) && g.w >= 16 {
             let wf = flip_transpose(w, g);
             let mut dx = output_vec(n * g.cin * g.in_px());

@@ -22,6 +22,7 @@ pub mod gemm;
 pub mod norm;
 pub mod pointwise;
 pub mod sparse;
+pub mod winograd;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 

@@ -83,6 +83,9 @@ fn conv2d_matches_candle() {
         (1, 70, 24, 16, 13, 5, 1, 2, true),
         // Channel counts that are whole panels (the weight gradient packs one tap per panel).
         (2, 96, 16, 17, 8, 3, 1, 1, true),
+        // Enough 2x2 tiles for the Winograd path (forward and input gradient) with up to 10
+        // threads; odd width for partial tiles.
+        (2, 6, 64, 63, 9, 3, 1, 1, true),
     ];
     for (i, &(n, cin, h, w, cout, k, stride, pad, bias)) in cases.iter().enumerate() {
         let mut inputs = vec![rand(&[n, cin, h, w], i as u64), rand(&[cout, cin, k, k], 10 + i as u64)];
