@@ -56,8 +56,10 @@ fn two_micro_batches_give_the_whole_batch_gradient() {
             .to_scalar::<f32>()
             .unwrap();
         let d = (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        // Biases in front of an instance norm have a zero true gradient (float noise ~1e-7).
-        assert!(d <= 1e-4 * scale + 1e-6, "{}: gradient differs by {d} (scale {scale})", ea.name);
+        // Biases in front of an instance norm have a zero true gradient: what is left is float
+        // noise of the sums that cancel, about 1e-6 here (the Winograd convolutions sum in
+        // another order than the direct ones).
+        assert!(d <= 1e-4 * scale + 1e-5, "{}: gradient differs by {d} (scale {scale})", ea.name);
         compared += 1;
     }
     assert!(compared > 20, "compared {compared} gradients");
