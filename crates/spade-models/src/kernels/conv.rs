@@ -360,8 +360,9 @@ fn use_shifted_batch(g: &Geom) -> bool {
     g.stride == 1 && !g.pointwise() && g.wo < 16 && use_avx512()
 }
 
-/// Whether [`winograd::conv3x3`] serves this convolution of `n` maps: 3x3, stride 1, padding 1
-/// (so the input gradient is one too), on maps with enough tiles.
+/// Whether [`winograd`] serves this convolution of `n` maps (forward, input gradient and weight
+/// gradient): 3x3, stride 1, padding 1 (so the input gradient is one too), on maps with enough
+/// tiles.
 fn use_winograd(g: &Geom, n: usize) -> bool {
     g.k == 3 && g.stride == 1 && g.pad == 1 && winograd::worth_it(n, g.h, g.w)
 }
@@ -728,6 +729,9 @@ fn backward_filter(x: &[f32], dy: &[f32], g: &Geom, n: usize, sparse_input: bool
     if let Some(sd) = SpaceToDepth::new(g).filter(|_| !sparse_input) {
         let dw1 = backward_filter(&sd.input(x, n), &sd.fit(dy, n, true), &sd.g1, n, false);
         return sd.weight_back(&dw1);
+    }
+    if use_winograd(g, n) && !sparse_input {
+        return winograd::filter_grad3x3(x, dy, n, g.cin, g.h, g.w, g.cout);
     }
     let (kd, p) = (g.kdim(), g.out_px());
     let mut dw = output_vec(g.cout * kd);

@@ -17,6 +17,10 @@
 //! columns de-interleaved into the tiles' four columns, and the outputs interleaved back.
 //! F(2x2, 3x3)'s transforms only add, subtract and halve, so its rounding error is of the order
 //! of the direct convolution's.
+//!
+//! The weight gradient ([`filter_grad3x3`]) is `G^T [ sum_tiles (A dy A^T) . (B^T d B) ] G`:
+//! 16 products whose inner dimension is the tiles, from pixel-major copies of the input and of
+//! the output gradient (transforms vectorised over 16 channels).
 #![allow(unsafe_op_in_unsafe_fn)]
 #[cfg(target_arch = "x86_64")]
 use super::avx512::micro;
@@ -343,6 +347,208 @@ unsafe fn block(
     }
 }
 
+/// Tiles per block of the weight gradient: the inner dimension of its 16 products.
+const KB: usize = 64;
+
+thread_local! {
+    /// Pixel-major copies of the input and of the output gradient for [`filter_grad3x3`].
+    static XT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DYT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `src (n x c x h x w)` into pixel-major `dst (n x hd x wd x cp)`, placed at row and column
+/// offset `off` (0 or 1), zeros everywhere else (the border, the extra channels).
+#[allow(clippy::too_many_arguments)]
+fn pixel_major(
+    src: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    hd: usize,
+    wd: usize,
+    cp: usize,
+    off: usize,
+    dst: &mut [f32],
+) {
+    dst[..n * hd * wd * cp].par_chunks_mut(wd * cp).enumerate().for_each(|(r, row)| {
+        let (s, yd) = (r / hd, r % hd);
+        row.fill(0.0);
+        if yd < off || yd - off >= h {
+            return;
+        }
+        let y = yd - off;
+        for ch in 0..c {
+            let line = &src[((s * c + ch) * h + y) * w..][..w];
+            for (x, v) in line.iter().enumerate() {
+                row[(x + off) * cp + ch] = *v;
+            }
+        }
+    });
+}
+
+/// `dw (cout x cin x 3 x 3)`, the weight gradient of [`conv3x3`] at input `x (n x cin x h x w)`
+/// for the output gradient `dy (n x cout x h x w)`: `G^T [ sum_tiles (A dy A^T) . (B^T d B) ] G`.
+/// The 16 sums are products over the tiles, with the tiles as the inner dimension: each thread
+/// takes a range of tiles, transforms them [`KB`] at a time into the micro-kernel's packed
+/// panels (vectorised over 16 channels of pixel-major copies), and accumulates its own 16
+/// `cout x cin` sums; the threads' sums are added at the end. Callers check [`worth_it`].
+pub(super) fn filter_grad3x3(x: &[f32], dy: &[f32], n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(x.len() >= n * cin * h * w && dy.len() >= n * cout * h * w);
+        assert!(super::avx512::available(), "winograd::filter_grad3x3 needs AVX-512");
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let (hq, wq) = (2 * th + 2, 2 * tw + 2);
+        let tiles = n * th * tw;
+        // Channels padded: cin to whole B panels, cout to 16 (two A panels per vector).
+        let npad = cin.div_ceil(NR) * NR;
+        let mpad = cout.div_ceil(16) * 16;
+        let threads = rayon::current_num_threads().max(1);
+        let per = tiles.div_ceil(threads).div_ceil(KB) * KB;
+        let geo = Tiles { cin, cout, mpad, h, w, th, tw, hq, wq };
+        let sums = with_scratch(&XT, n * hq * wq * npad, |xt| {
+            pixel_major(x, n, cin, h, w, hq, wq, npad, 1, xt);
+            with_scratch(&DYT, n * 2 * th * 2 * tw * mpad, |dyt| {
+                pixel_major(dy, n, cout, h, w, 2 * th, 2 * tw, mpad, 0, dyt);
+                let (xt, dyt) = (&*xt, &*dyt);
+                (0..tiles.div_ceil(per))
+                    .into_par_iter()
+                    .map(|r| {
+                        let mut du = vec![0f32; 16 * mpad * npad];
+                        let mut a = vec![0f32; 16 * mpad * KB];
+                        let mut b = vec![0f32; 16 * npad * KB];
+                        for t0 in (r * per..((r + 1) * per).min(tiles)).step_by(KB) {
+                            let t1 = (t0 + KB).min(tiles);
+                            // SAFETY: AVX-512F is available (asserted above); the buffers have
+                            // the sizes `grad_block` indexes (see its comment).
+                            unsafe { grad_block(&geo, npad, xt, dyt, &mut a, &mut b, &mut du, (t0, t1)) }
+                        }
+                        du
+                    })
+                    .reduce_with(|mut s, o| {
+                        s.iter_mut().zip(&o).for_each(|(s, o)| *s += o);
+                        s
+                    })
+                    .unwrap_or_else(|| vec![0f32; 16 * mpad * npad])
+            })
+        });
+        // dw = G^T D G for every (co, ci), D[a][b] = sums[4a + b].
+        let mut dw = vec![0f32; cout * cin * 9];
+        dw.par_chunks_mut(cin * 9).enumerate().for_each(|(co, dwc)| {
+            const GT: [[f32; 4]; 3] = [[1.0, 0.5, 0.5, 0.0], [0.0, 0.5, -0.5, 0.0], [0.0, 0.5, 0.5, 1.0]];
+            for ci in 0..cin {
+                let d = |a: usize, b: usize| sums[((4 * a + b) * mpad + co) * npad + ci];
+                for kh in 0..3 {
+                    // Row kh of G^T D, then times G.
+                    let row: [f32; 4] = std::array::from_fn(|b| (0..4).map(|a| GT[kh][a] * d(a, b)).sum());
+                    for kw in 0..3 {
+                        dwc[ci * 9 + kh * 3 + kw] = (0..4).map(|b| row[b] * GT[kw][b]).sum();
+                    }
+                }
+            }
+        });
+        dw
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, dy, n, cin, h, w, cout);
+        unreachable!("winograd::filter_grad3x3 is only called where worth_it() is true")
+    }
+}
+
+/// Tiles `[t0, t1)` (at most [`KB`]) of the weight gradient: the output gradient's transform
+/// `A dy A^T` into `a` (`16 x (mpad / MR) x KB x MR`: for each `xi`, A panels of `MR` output
+/// channels), the input's `B^T d B` into `b` (`16 x (npad / NR) x KB x NR`: B panels of `NR`
+/// input channels), then `du[xi] (mpad x npad) += a[xi] b[xi]`. `xt` is the padded input,
+/// pixel-major with `npad` channels; `dyt` the output gradient, `2th x 2tw`, `mpad` channels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_block(
+    g: &Tiles,
+    npad: usize,
+    xt: &[f32],
+    dyt: &[f32],
+    a: &mut [f32],
+    b: &mut [f32],
+    du: &mut [f32],
+    (t0, t1): (usize, usize),
+) {
+    let mpad = g.mpad;
+    let (mpanels, npanels) = (mpad / MR, npad / NR);
+    let (ap, bp) = (a.as_mut_ptr(), b.as_mut_ptr());
+    for t in t0..t1 {
+        let j = t - t0;
+        let (s, r) = (t / (g.th * g.tw), t % (g.th * g.tw));
+        let (ty, tx) = (r / g.tw, r % g.tw);
+        // A dy A^T, 16 output channels at a time: A = [[1, 0], [1, 1], [1, -1], [0, -1]].
+        let dwd = 2 * g.tw;
+        let d0 = dyt.as_ptr().add(((s * 2 * g.th + 2 * ty) * dwd + 2 * tx) * mpad);
+        let d1 = d0.add(dwd * mpad);
+        for c in (0..mpad).step_by(16) {
+            let ld = |p: *const f32| _mm512_loadu_ps(p.add(c));
+            let (d00, d01, d10, d11) = (ld(d0), ld(d0.add(mpad)), ld(d1), ld(d1.add(mpad)));
+            let neg = |v: __m512| _mm512_sub_ps(_mm512_setzero_ps(), v);
+            // Over rows, then columns.
+            let rows = [
+                [d00, d01],
+                [_mm512_add_ps(d00, d10), _mm512_add_ps(d01, d11)],
+                [_mm512_sub_ps(d00, d10), _mm512_sub_ps(d01, d11)],
+                [neg(d10), neg(d11)],
+            ];
+            for (ai, [r0, r1]) in rows.iter().enumerate() {
+                let e = [*r0, _mm512_add_ps(*r0, *r1), _mm512_sub_ps(*r0, *r1), neg(*r1)];
+                for (bi, v) in e.iter().enumerate() {
+                    let xi = 4 * ai + bi;
+                    let ip = c / MR;
+                    let lo = ap.add(((xi * mpanels + ip) * KB + j) * MR);
+                    let hi = ap.add(((xi * mpanels + ip + 1) * KB + j) * MR);
+                    _mm512_mask_storeu_ps(lo, 0x00ff, *v);
+                    _mm512_mask_storeu_ps(hi.wrapping_sub(8), 0xff00, *v);
+                }
+            }
+        }
+        // B^T d B, 16 input channels at a time.
+        let x0 = xt.as_ptr().add(((s * g.hq + 2 * ty) * g.wq + 2 * tx) * npad);
+        for c in (0..npad).step_by(16) {
+            let mut hrows = [[_mm512_setzero_ps(); 4]; 4];
+            for (rr, hr) in hrows.iter_mut().enumerate() {
+                let p = x0.add(rr * g.wq * npad + c);
+                *hr = bt([
+                    _mm512_loadu_ps(p),
+                    _mm512_loadu_ps(p.add(npad)),
+                    _mm512_loadu_ps(p.add(2 * npad)),
+                    _mm512_loadu_ps(p.add(3 * npad)),
+                ]);
+            }
+            let jp = c / NR;
+            for bi in 0..4 {
+                let col = bt([hrows[0][bi], hrows[1][bi], hrows[2][bi], hrows[3][bi]]);
+                for (ai, v) in col.iter().enumerate() {
+                    let xi = 4 * ai + bi;
+                    _mm512_storeu_ps(bp.add(((xi * npanels + jp) * KB + j) * NR + c % NR), *v);
+                }
+            }
+        }
+    }
+    let kc = t1 - t0;
+    for xi in 0..16 {
+        for ip in 0..mpanels {
+            for jp in 0..npanels {
+                micro(
+                    kc,
+                    ap.add((xi * mpanels + ip) * KB * MR),
+                    bp.add((xi * npanels + jp) * KB * NR),
+                    du.as_mut_ptr().add((xi * mpad + ip * MR) * npad + jp * NR),
+                    npad,
+                    true,
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The direct convolution in f64, then the bias and LeakyReLU.
@@ -424,6 +630,47 @@ mod tests {
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
             assert!(err < 2e-6, "case {i} {:?}: max relative error {err}", cases[i]);
+        }
+    }
+    #[test]
+    fn filter_gradient_matches_direct() {
+        if !super::super::avx512::available() {
+            eprintln!("no AVX-512 on this CPU: the Winograd path is never taken");
+            return;
+        }
+        // (n, cin, h, w, cout): odd sizes, tiles not a whole block, channel counts that are
+        // not whole panels, more than one block per thread.
+        let cases = [(1, 3, 9, 7, 5), (2, 50, 17, 20, 20), (3, 4, 34, 33, 16), (1, 2, 2, 2, 1), (2, 8, 1, 40, 3)];
+        for (i, &(n, cin, h, w, cout)) in cases.iter().enumerate() {
+            let x = rand(n * cin * h * w, i as u64);
+            let dy = rand(n * cout * h * w, 300 + i as u64);
+            let mut want = vec![0f64; cout * cin * 9];
+            for s in 0..n {
+                for co in 0..cout {
+                    for ci in 0..cin {
+                        for kh in 0..3 {
+                            for kw in 0..3 {
+                                let mut acc = 0f64;
+                                for oy in 0..h {
+                                    for ox in 0..w {
+                                        let (iy, ix) = (oy + kh, ox + kw);
+                                        if iy < 1 || ix < 1 || iy > h || ix > w {
+                                            continue;
+                                        }
+                                        acc += x[((s * cin + ci) * h + iy - 1) * w + ix - 1] as f64
+                                            * dy[((s * cout + co) * h + oy) * w + ox] as f64;
+                                    }
+                                }
+                                want[((co * cin + ci) * 3 + kh) * 3 + kw] += acc;
+                            }
+                        }
+                    }
+                }
+            }
+            let got = super::filter_grad3x3(&x, &dy, n, cin, h, w, cout);
+            let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+            let err = want.iter().zip(&got).fold(0f64, |m, (a, b)| m.max((a - *b as f64).abs())) / scale;
+            assert!(err < 1e-5, "case {i} {:?}: max relative error {err}", cases[i]);
         }
     }
 }
