@@ -351,8 +351,8 @@ unsafe fn block(
 const KB: usize = 64;
 
 thread_local! {
-    /// Pixel-major copies of the input and of the output gradient for [`filter_grad3x3`].
-    static XT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The pixel-major copy of the output gradient for [`filter_grad3x3`] (the input's copy
+    /// goes into the forward's padded-input buffer, which is free then).
     static DYT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -407,7 +407,7 @@ pub(super) fn filter_grad3x3(x: &[f32], dy: &[f32], n: usize, cin: usize, h: usi
         let threads = rayon::current_num_threads().max(1);
         let per = tiles.div_ceil(threads).div_ceil(KB) * KB;
         let geo = Tiles { cin, cout, mpad, h, w, th, tw, hq, wq };
-        let sums = with_scratch(&XT, n * hq * wq * npad, |xt| {
+        let sums = with_scratch(&PADDED, n * hq * wq * npad, |xt| {
             pixel_major(x, n, cin, h, w, hq, wq, npad, 1, xt);
             with_scratch(&DYT, n * 2 * th * 2 * tw * mpad, |dyt| {
                 pixel_major(dy, n, cout, h, w, 2 * th, 2 * tw, mpad, 0, dyt);
