@@ -54,7 +54,8 @@ pub(super) fn enabled() -> bool {
     *ON.get_or_init(|| !std::env::var("SPADE_WINOGRAD").is_ok_and(|v| v == "0"))
 }
 
-/// Whether [`conv3x3`] serves a convolution of `n` maps of `h x w`: enough tiles for every
+/// Whether [`conv3x3`] (and [`filter_grad3x3`]) serves a convolution of `n` maps of `h x w`:
+/// enough tiles for every
 /// thread to get two blocks (with fewer, one thread idles while the other runs the last one;
 /// the 16x16 maps of a batch of 4 have 5.3 blocks, and gain 10-20% over the direct product).
 pub(super) fn worth_it(n: usize, h: usize, w: usize) -> bool {
