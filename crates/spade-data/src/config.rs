@@ -201,6 +201,13 @@ pub struct DatasetConfig {
     /// Synthetic: generator seed.
     #[serde(default)]
     pub synthetic_seed: u64,
+    /// Synthetic: draw every scene in this style (`day-summer`, ..., `night-winter`), or `all`
+    /// (the default: each scene in its own of the nine styles).
+    #[serde(default)]
+    pub synthetic_style: Option<String>,
+    /// Synthetic: fraction of single-class scenes, in [0, 1] (default 0).
+    #[serde(default)]
+    pub synthetic_uniform: Option<f64>,
 }
 
 impl DatasetConfig {
@@ -227,6 +234,8 @@ impl DatasetConfig {
             palette: None,
             synthetic_count: None,
             synthetic_seed: 0,
+            synthetic_style: None,
+            synthetic_uniform: None,
         }
     }
 
@@ -323,6 +332,25 @@ impl DatasetConfig {
                 expected: "a positive width / height ratio".into(),
             });
         }
+        let style = match self.synthetic_style.as_deref() {
+            None | Some("all") => None,
+            Some(name) => Some(crate::synthetic::Style::from_name(name).ok_or_else(|| DataError::Config {
+                option: "synthetic_style",
+                value: name.to_string(),
+                expected: format!(
+                    "all or one of {}",
+                    crate::synthetic::Style::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                ),
+            })?),
+        };
+        let uniform_fraction = self.synthetic_uniform.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&uniform_fraction) {
+            return Err(DataError::Config {
+                option: "synthetic_uniform",
+                value: uniform_fraction.to_string(),
+                expected: "a fraction in [0, 1]".into(),
+            });
+        }
         Ok(ResolvedConfig {
             dataset_mode: self.dataset_mode,
             dataroot,
@@ -346,6 +374,7 @@ impl DatasetConfig {
             palette,
             synthetic_count: self.synthetic_count.unwrap_or(if self.phase == Phase::Train { 10_000 } else { 500 }),
             synthetic_seed: self.synthetic_seed,
+            synthetic_scene: crate::synthetic::SceneOptions { style, uniform_fraction },
         })
     }
 }
@@ -380,6 +409,7 @@ pub struct ResolvedConfig {
     pub palette: Option<crate::pngio::Palette>,
     pub synthetic_count: usize,
     pub synthetic_seed: u64,
+    pub synthetic_scene: crate::synthetic::SceneOptions,
 }
 
 impl ResolvedConfig {

@@ -143,7 +143,13 @@ impl SyntheticDataset {
     }
 
     pub fn scene(&self, index: usize) -> synthetic::Scene {
-        synthetic::generate(self.cfg.synthetic_seed, self.scene_index(index), self.width, self.height)
+        synthetic::generate_with(
+            &self.cfg.synthetic_scene,
+            self.cfg.synthetic_seed,
+            self.scene_index(index),
+            self.width,
+            self.height,
+        )
     }
 }
 

@@ -114,6 +114,24 @@ impl Style {
     pub fn name(self) -> String {
         format!("{:?}-{:?}", self.time, self.season).to_lowercase()
     }
+
+    /// The style named `time-season` (as [`Style::name`] writes it), e.g. `day-summer`.
+    pub fn from_name(name: &str) -> Option<Style> {
+        Style::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What a synthetic split draws: the styles of its scenes and how many of them are
+/// single-class ("uniform") scenes. The default is the full repertoire: all nine styles and
+/// no uniform scenes.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SceneOptions {
+    /// Draw every scene in this style (the layouts are unchanged); `None`: each scene's own.
+    pub style: Option<Style>,
+    /// Fraction of scenes, chosen by a hash of `(seed, index)`, whose whole frame is one class
+    /// (the class also from the hash), drawn with that class's texture: large uniform regions
+    /// for the paper's "wash-away" test (Section 3).
+    pub uniform_fraction: f64,
 }
 
 /// One generated scene.
@@ -287,9 +305,10 @@ fn choose<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
     items[rng.randint(0, items.len() - 1)]
 }
 
-fn make_layout(seed: u64, aspect: f32) -> Layout {
+fn make_layout(seed: u64, aspect: f32, style_override: Option<Style>) -> Layout {
     let mut rng = Rng::new(seed);
-    let style = Style::ALL[rng.randint(0, 8)];
+    let own_style = Style::ALL[rng.randint(0, 8)];
+    let style = style_override.unwrap_or(own_style);
     let horizon = rng.range(0.36, 0.6) as f32;
     let mut objects = Vec::new();
 
@@ -573,14 +592,9 @@ fn style_palette(style: Style) -> Palette {
     Palette { sky_top, sky_horizon, sun, cloud, light, grass, tree, bush, windows }
 }
 
-/// Generates scene `index` of the dataset with seed `seed`, `width x height` pixels.
-pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
-    assert!(width > 0 && height > 0, "synthetic scene size must be positive");
-    let (w, h) = (width, height);
-    let aspect = w as f32 / h as f32;
-    let layout = make_layout(hash_seed(&[seed, index, 0x5ce7e]), aspect);
+/// The label and instance maps of a scene's layout: stuff per pixel, then objects far to near.
+fn scene_labels(layout: &Layout, w: usize, h: usize) -> (Vec<u8>, Vec<u32>) {
     let inv_h = 1.0 / h as f32;
-
     // 1. Stuff classes per pixel.
     let ridge: Vec<f32> = (0..w).map(|x| layout.ridge((x as f32 + 0.5) * inv_h)).collect();
     let snow_wobble: Vec<f32> =
@@ -652,6 +666,82 @@ pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
             }
         }
     }
+
+    (label, inst)
+}
+
+/// Classes drawn as objects (instances of their own), as opposed to stuff.
+fn is_object_class(c: u8) -> bool {
+    matches!(c, CLOUD | SUN | TREE | BUSH | ROCK | HOUSE | ROOF)
+}
+
+/// Generates scene `index` of the dataset with seed `seed`, `width x height` pixels, from the
+/// full repertoire (all styles, no uniform scenes).
+pub fn generate(seed: u64, index: u64, width: usize, height: usize) -> Scene {
+    generate_with(&SceneOptions::default(), seed, index, width, height)
+}
+
+/// The class of scene `index` when it is a uniform scene under `opts`.
+pub fn uniform_class(opts: &SceneOptions, seed: u64, index: u64) -> Option<u8> {
+    if opts.uniform_fraction <= 0.0 {
+        return None;
+    }
+    let mut rng = Rng::new(hash_seed(&[seed, index, 0x0417]));
+    (rng.next_f64() < opts.uniform_fraction).then(|| rng.randint(0, NUM_CLASSES - 1) as u8)
+}
+
+/// Generates scene `index` of a split drawn with `opts` (see [`SceneOptions`]).
+pub fn generate_with(opts: &SceneOptions, seed: u64, index: u64, width: usize, height: usize) -> Scene {
+    let class = uniform_class(opts, seed, index);
+    render(opts.style, class, seed, index, width, height)
+}
+
+/// A single-class scene: every pixel of class `class`, drawn with its texture in `style`
+/// (the layout of scene `index` only places the horizon and seeds the textures).
+pub fn generate_uniform(class: u8, style: Option<Style>, seed: u64, index: u64, width: usize, height: usize) -> Scene {
+    assert!((class as usize) < NUM_CLASSES, "class {class} out of range");
+    render(style, Some(class), seed, index, width, height)
+}
+
+/// The object that stands for a whole-frame region of an object class (its tint and shape
+/// drive the texture: a wall with windows, a crown without trunk, a cloud's shading).
+fn full_frame_object(class: u8, aspect: f32) -> Object {
+    let bbox = [0.0, 0.0, aspect, 1.0];
+    let e = [[aspect / 2.0, 0.5, aspect, 1.0], [0.0; 4], [0.0; 4], [0.0; 4], [0.0; 4]];
+    let (shape, tint) = match class {
+        HOUSE => (Shape::Wall { x0: 0.0, x1: aspect, top: 0.0, base: 1.0, cols: 4, rows: 3 }, [0.92, 0.9, 0.85]),
+        ROOF => (Shape::Roof { cx: aspect / 2.0, top: 1.0, half_w: aspect, height: 1.0 }, [0.6, 0.18, 0.12]),
+        TREE => (
+            Shape::RoundTree { cx: -10.0, base: 0.0, trunk_w: 0.0, trunk_h: 0.0, crown: [e[0], e[0], e[0]] },
+            [0.5; 3],
+        ),
+        BUSH | ROCK => (Shape::Mound { cx: aspect / 2.0, base: 1.0, rx: aspect, ry: 1.0 }, [1.0; 3]),
+        _ => (Shape::Blob { n: 1, e }, [0.95; 3]),
+    };
+    Object { class, shape, bbox, tint, only_over_sky: false }
+}
+
+fn render(style: Option<Style>, uniform: Option<u8>, seed: u64, index: u64, width: usize, height: usize) -> Scene {
+    assert!(width > 0 && height > 0, "synthetic scene size must be positive");
+    let (w, h) = (width, height);
+    let aspect = w as f32 / h as f32;
+    let mut layout = make_layout(hash_seed(&[seed, index, 0x5ce7e]), aspect, style);
+    if let Some(c) = uniform {
+        layout.objects = if is_object_class(c) {
+            vec![full_frame_object(c, aspect)]
+        } else {
+            Vec::new()
+        };
+    }
+    let inv_h = 1.0 / h as f32;
+
+    let (label, inst) = match uniform {
+        Some(c) => {
+            let id = if is_object_class(c) { FIRST_OBJECT_ID } else { c as u32 };
+            (vec![c; w * h], vec![id; w * h])
+        }
+        None => scene_labels(&layout, w, h),
+    };
 
     // 3. Render.
     let pal = style_palette(layout.style);
