@@ -281,6 +281,12 @@ pub trait Segmenter {
     fn ground_truth_map(&self) -> Option<GroundTruthMap> {
         None
     }
+    /// Its penultimate features of RGB images `(B, 3, H, W)` in `[0, 1]`, globally
+    /// average-pooled to `(B, D)`, when it exposes them: the feature space of the "Fréchet
+    /// distance in the evaluator's penultimate features". `None` when it does not.
+    fn penultimate_features(&self, _images: &Tensor) -> Option<Result<Tensor>> {
+        None
+    }
 }
 
 /// An empty confusion matrix for `segmenter`: its classes, and as don't-care id the one of its

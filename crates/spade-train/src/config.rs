@@ -172,11 +172,17 @@ pub struct EvalConfig {
     /// Number of validation samples to generate and score.
     pub num_samples: usize,
     pub batch_size: usize,
+    /// The wash-away test (synthetic dataset): z samples per single-class label map (one per
+    /// class); generators without z are deterministic and run once.
+    pub uniform_z: usize,
+    /// Diversity: the first validation labels, each generated with `diversity_z` samples of z.
+    pub diversity_labels: usize,
+    pub diversity_z: usize,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { num_samples: 64, batch_size: 4 }
+        Self { num_samples: 64, batch_size: 4, uniform_z: 3, diversity_labels: 16, diversity_z: 4 }
     }
 }
 

@@ -43,6 +43,11 @@ pub struct Scorer<'a> {
     cm_real: Option<ConfusionMatrix>,
     feats_fake: Vec<f64>,
     feats_real: Vec<f64>,
+    /// The segmenter's penultimate features (when it exposes them), for the Fréchet distance
+    /// in the evaluator's feature space.
+    eval_fake: Vec<f64>,
+    eval_real: Vec<f64>,
+    eval_dim: usize,
     images: usize,
 }
 
@@ -58,6 +63,9 @@ impl<'a> Scorer<'a> {
             cm_real: segmenter.map(|s| spade_metrics::confusion_matrix_for(s, dataset_dont_care)),
             feats_fake: Vec::new(),
             feats_real: Vec::new(),
+            eval_fake: Vec::new(),
+            eval_real: Vec::new(),
+            eval_dim: 0,
             images: 0,
         }
     }
@@ -72,6 +80,13 @@ impl<'a> Scorer<'a> {
         if let (Some(seg), Some(cf), Some(cr)) = (self.segmenter, self.cm_fake.as_mut(), self.cm_real.as_mut()) {
             spade_metrics::segmentation::accumulate(cf, seg, fake01, labels, self.resize)?;
             spade_metrics::segmentation::accumulate(cr, seg, real01, labels, self.resize)?;
+            for (dst, x) in [(&mut self.eval_fake, fake01), (&mut self.eval_real, real01)] {
+                if let Some(f) = seg.penultimate_features(x) {
+                    let f = f?;
+                    self.eval_dim = f.dim(1)?;
+                    dst.extend(f.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from));
+                }
+            }
         }
         if let Some(f) = &self.fid {
             for (dst, x) in [(&mut self.feats_fake, fake01), (&mut self.feats_real, real01)] {
@@ -105,6 +120,23 @@ impl<'a> Scorer<'a> {
             }
             _ => serde_json::json!({"unavailable": "no segmentation network was given (--segmenter none)"}),
         }
+    }
+
+    /// The `fd_evaluator` part of `metrics.json`: the Fréchet distance between the generated
+    /// and the real images' penultimate features of the segmentation network (globally
+    /// average-pooled). Not FID: another network, another feature space, another scale.
+    pub fn fd_evaluator_json(&self) -> Result<serde_json::Value> {
+        let n = if self.eval_dim == 0 { 0 } else { self.eval_fake.len() / self.eval_dim };
+        Ok(if n >= 2 {
+            let a = GaussianStats::from_features(&self.eval_fake, self.eval_dim)?;
+            let b = GaussianStats::from_features(&self.eval_real, self.eval_dim)?;
+            serde_json::json!({"value": spade_metrics::frechet_distance(&a, &b)?, "images": n, "dim": self.eval_dim,
+                "name": "Fréchet distance in the evaluator's penultimate features",
+                "network": self.segmenter.map(|s| s.name())})
+        } else {
+            serde_json::json!({"value": null,
+                "unavailable": "the segmentation network exposes no penultimate features (or fewer than 2 images were scored)"})
+        })
     }
 
     /// The `fid` part of `metrics.json`; `reference_set` says what the real images are.
@@ -156,6 +188,7 @@ pub fn evaluate_run(
     data.is_train = Some(false);
     let ds = spade_data::open(&data)?;
     let n = cfg.eval.num_samples.min(ds.len());
+    let resolved = ds.config().clone();
     let loader = BatchLoader::new(ds, LoaderOptions::eval(cfg.eval.batch_size.max(1)))?;
     let dont_care = spec.contain_dontcare_label.then_some(opt.label_nc as u32);
     let mut scorer = Scorer::new(segmenter, fid, dont_care);
@@ -171,16 +204,7 @@ pub fn evaluate_run(
         let mut batch = batch?;
         batch.samples.truncate(n - done);
         let (sem, real) = crate::run::batch_tensors(&batch.samples, &spec, device)?;
-        let z = if g.uses_z() {
-            use rand::SeedableRng;
-            use rand_distr::Distribution;
-            let mut rng = rand::rngs::StdRng::seed_from_u64(done as u64);
-            let v: Vec<f32> =
-                (0..sem.dim(0)? * opt.z_dim).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
-            Some(Tensor::from_vec(v, (sem.dim(0)?, opt.z_dim), device)?)
-        } else {
-            None
-        };
+        let z = if g.uses_z() { Some(sample_z(sem.dim(0)?, opt.z_dim, done as u64, device)?) } else { None };
         let fake = g.forward_t(&sem, z.as_ref(), false)?;
         l1_sum += (&fake - &real)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64 * sem.dim(0)? as f64;
         l1_n += sem.dim(0)?;
@@ -196,16 +220,188 @@ pub fn evaluate_run(
     }
     let fid_json = scorer.fid_json(&format!("{done} validation images of the same labels"))?;
     let seg_json = scorer.segmentation_json();
+    let fd_json = scorer.fd_evaluator_json()?;
+    let uniform = match (segmenter, resolved.dataset_mode) {
+        (Some(seg), DatasetMode::Synthetic) => {
+            uniform_maps(&g, &opt, &spec, &resolved, seg, cfg.eval.uniform_z, &samples_dir, device)?
+        }
+        _ => serde_json::json!({"unavailable": "the wash-away test runs on the synthetic dataset with its segmenter"}),
+    };
+    let diversity = diversity(&g, &opt, &spec, &data, &cfg.eval, &samples_dir, device)?;
+    let e_path = ck.join("latest_net_E.safetensors");
+    if g.uses_z() && e_path.is_file() {
+        let (e, _) = load_network(&e_path, &opt, device, true, |vb| spade_models::ConvEncoder::new(&opt, vb))?;
+        style_guided(&g, &e, &spec, &data, &samples_dir, device)?;
+    }
     let metrics = serde_json::json!({
         "checkpoint": ck.file_name().map(|s| s.to_string_lossy().to_string()),
         "samples": done,
         "parameters_G": store.num_params(),
         "segmentation": seg_json,
         "fid": fid_json,
+        "fd_evaluator": fd_json,
+        "uniform_maps": uniform,
+        "diversity": diversity,
         "l1_generated_vs_real": l1_sum / l1_n.max(1) as f64,
     });
     write_json(&run.join("metrics.json"), &metrics)?;
     Ok(metrics)
+}
+
+/// `n` samples of z ~ N(0, 1) from `seed`, `(n, z_dim)`.
+pub fn sample_z(n: usize, z_dim: usize, seed: u64, device: &Device) -> Result<Tensor> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * z_dim).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+    Ok(Tensor::from_vec(v, (n, z_dim), device)?)
+}
+
+/// Samples as a batch in the network's input form.
+fn scene_sample(scene: spade_data::synthetic::Scene) -> spade_data::Sample {
+    spade_data::Sample {
+        label: scene.label,
+        instance: Some(scene.instance),
+        image: Some(spade_data::transform::to_normalized(&scene.image)),
+        path: "synthetic/uniform".into(),
+    }
+}
+
+/// Pixels of `pred` equal to `class`, as a fraction.
+fn class_accuracy(pred: &Tensor, class: u32) -> Result<f64> {
+    let p: Vec<u32> = pred.flatten_all()?.to_vec1()?;
+    Ok(p.iter().filter(|&&v| v == class).count() as f64 / p.len().max(1) as f64)
+}
+
+/// The paper's "wash-away" test (Section 3): every class as a single-class label map (the
+/// synthetic dataset's own single-class scenes, at the run's size and style), generated with
+/// `z_count` samples of z (once for generators without z), segmented; the pixel accuracy is
+/// the fraction of pixels the segmenter gives that class. The real single-class images are
+/// scored too, as the segmenter's own reference. Writes `uniform.png` (class by class: label
+/// colour, generated, real).
+#[allow(clippy::too_many_arguments)]
+fn uniform_maps(
+    g: &Generator,
+    opt: &NetOptions,
+    spec: &SemanticsSpec,
+    data: &spade_data::ResolvedConfig,
+    seg: &dyn Segmenter,
+    z_count: usize,
+    dir: &Path,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    use spade_data::synthetic::{generate_uniform, NUM_CLASSES};
+    let w = data.preprocess.crop_size;
+    let h = ((w as f64 / data.preprocess.aspect_ratio).round_ties_even() as usize).max(1);
+    let runs = if g.uses_z() { z_count.max(1) } else { 1 };
+    let (mut per_class, mut real_per_class) = (Vec::new(), Vec::new());
+    let mut tiles = Vec::new();
+    let to01 = |x: &Tensor| -> candle_core::Result<Tensor> { ((x + 1.0)? / 2.0)?.clamp(0f32, 1f32) };
+    for c in 0..NUM_CLASSES {
+        let scene = generate_uniform(c as u8, data.synthetic_scene.style, data.synthetic_seed, (1 << 41) + c as u64, w, h);
+        let sample = scene_sample(scene);
+        let (sem, real) = crate::run::batch_tensors(std::slice::from_ref(&sample), spec, device)?;
+        let sem = sem.repeat((runs, 1, 1, 1))?;
+        let z = if g.uses_z() { Some(sample_z(runs, opt.z_dim, 7000 + c as u64, device)?) } else { None };
+        let fake = g.forward_t(&sem, z.as_ref(), false)?;
+        let acc = class_accuracy(&seg.segment(&to01(&fake)?)?, c as u32)?;
+        let real_acc = class_accuracy(&seg.segment(&to01(&real)?)?, c as u32)?;
+        per_class.push(acc);
+        real_per_class.push(real_acc);
+        tiles.push((sample, fake.narrow(0, 0, 1)?));
+    }
+    let samples: Vec<spade_data::Sample> = tiles.iter().map(|(s, _)| s.clone()).collect();
+    let fakes = Tensor::cat(&tiles.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), 0)?;
+    crate::run::save_grid_all(&dir.join("uniform.png"), &samples, &fakes)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(serde_json::json!({
+        "pixel_accuracy": mean(&per_class),
+        "per_class": per_class,
+        "real_images_pixel_accuracy": mean(&real_per_class),
+        "real_per_class": real_per_class,
+        "classes": NUM_CLASSES,
+        "z_per_map": runs,
+        "rule": "fraction of pixels the segmenter assigns to the map's class, mean over the classes",
+    }))
+}
+
+/// Diversity of the outputs for the same label: the first `eval.diversity_labels` validation
+/// labels, each generated with `eval.diversity_z` samples of z; the mean over labels of the
+/// mean pairwise L1 distance between the outputs (pixels in [0, 1]). Zero by construction for
+/// generators without z. Writes `multimodal.png` (per label: the label, then its outputs).
+fn diversity(
+    g: &Generator,
+    opt: &NetOptions,
+    spec: &SemanticsSpec,
+    data: &DatasetConfig,
+    eval: &crate::config::EvalConfig,
+    dir: &Path,
+    device: &Device,
+) -> Result<serde_json::Value> {
+    let name = "mean pairwise L1 distance between outputs for the same label (pixels in [0, 1])";
+    if !g.uses_z() {
+        return Ok(serde_json::json!({"value": 0.0, "name": name, "note": "the generator takes no z: one output per label"}));
+    }
+    let ds = spade_data::open(data)?;
+    let k = eval.diversity_z.max(2);
+    let n = eval.diversity_labels.min(ds.len()).max(1);
+    let (mut sum, mut rows) = (0f64, Vec::new());
+    for i in 0..n {
+        let sample = ds.load(i, 0)?;
+        let (sem, _) = crate::run::batch_tensors(std::slice::from_ref(&sample), spec, device)?;
+        let z = sample_z(k, opt.z_dim, 9000 + i as u64, device)?;
+        let fake = g.forward_t(&sem.repeat((k, 1, 1, 1))?, Some(&z), false)?;
+        let f01 = ((fake.clone() + 1.0)? / 2.0)?.clamp(0f32, 1f32)?;
+        let (mut d, mut pairs) = (0f64, 0usize);
+        for a in 0..k {
+            for b in a + 1..k {
+                d += (f01.get(a)? - f01.get(b)?)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
+                pairs += 1;
+            }
+        }
+        sum += d / pairs as f64;
+        if i < 4 {
+            rows.push((sample, fake));
+        }
+    }
+    crate::run::save_multimodal(&dir.join("multimodal.png"), &rows)?;
+    Ok(serde_json::json!({"value": sum / n as f64, "name": name, "labels": n, "z_per_label": k}))
+}
+
+/// Style-guided synthesis (the paper's Figure 1, right): the first 4 validation labels, each
+/// generated with the style of 4 real validation images (z = the mean of the encoder's
+/// posterior for that image). Writes `style_guided.png`: the first row shows the style images
+/// (after a white tile), each later row a label and its 4 outputs.
+fn style_guided(
+    g: &Generator,
+    e: &spade_models::ConvEncoder,
+    spec: &SemanticsSpec,
+    data: &DatasetConfig,
+    dir: &Path,
+    device: &Device,
+) -> Result<()> {
+    let ds = spade_data::open(data)?;
+    let n = 4.min(ds.len());
+    if n == 0 {
+        return Ok(());
+    }
+    // Style images from the end of the split, so that they are not the labels' own photos.
+    let styles: Vec<spade_data::Sample> = (0..n).map(|i| ds.load(ds.len() - 1 - i * 7 % ds.len(), 0)).collect::<std::result::Result<_, _>>()?;
+    let (_, style_imgs) = crate::run::batch_tensors(&styles, spec, device)?;
+    let (mu, _logvar) = e.forward_t(&style_imgs, false)?;
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let sample = ds.load(i, 0)?;
+        let (sem, _) = crate::run::batch_tensors(std::slice::from_ref(&sample), spec, device)?;
+        let fake = g.forward_t(&sem.repeat((n, 1, 1, 1))?, Some(&mu), false)?;
+        rows.push((sample, fake));
+    }
+    // The header row: a blank label tile, then the style images.
+    let mut blank = styles[0].clone();
+    blank.label.data.iter_mut().for_each(|v| *v = u32::MAX);
+    rows.insert(0, (blank, style_imgs));
+    crate::run::save_multimodal(&dir.join("style_guided.png"), &rows)?;
+    Ok(())
 }
 
 /// The validation samples of a dataset, by file stem: the label file's stem and, for file

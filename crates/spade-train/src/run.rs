@@ -260,6 +260,7 @@ fn load_checkpoint(dir: &Path, tr: &mut Trainer) -> Result<CheckpointState> {
 fn class_colour(id: u32) -> [u8; 3] {
     match spade_data::synthetic::PALETTE.get(id as usize) {
         Some(c) => *c,
+        None if id == u32::MAX => [255, 255, 255],
         None => {
             let h = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             [(h >> 16) as u8, (h >> 32) as u8, (h >> 48) as u8]
@@ -269,7 +270,39 @@ fn class_colour(id: u32) -> [u8; 3] {
 
 /// Rows of label | generated | real for up to 4 samples.
 pub fn save_grid(path: &Path, samples: &[Sample], fake: &Tensor) -> Result<()> {
-    let n = samples.len().min(4);
+    save_grid_n(path, samples, fake, 4)
+}
+
+/// Rows of label | generated | real for every sample.
+pub fn save_grid_all(path: &Path, samples: &[Sample], fake: &Tensor) -> Result<()> {
+    save_grid_n(path, samples, fake, samples.len())
+}
+
+/// Rows of label | output 1 | output 2 | ... (several z for the same label), one row per entry.
+pub fn save_multimodal(path: &Path, rows: &[(Sample, Tensor)]) -> Result<()> {
+    let Some((first, f0)) = rows.first() else { return Ok(()) };
+    let (h, w) = (first.label.height, first.label.width);
+    let k = f0.dim(0)?;
+    let to_u8 = |v: f32| ((v + 1.0) / 2.0 * 255.0).clamp(0.0, 255.0) as u8;
+    let mut img = image::RgbImage::new(((k + 1) * w) as u32, (rows.len() * h) as u32);
+    for (i, (s, fake)) in rows.iter().enumerate() {
+        let fake: Vec<f32> = fake.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        for y in 0..h {
+            for x in 0..w {
+                let p = y * w + x;
+                img.put_pixel(x as u32, (i * h + y) as u32, image::Rgb(class_colour(s.label.data[p])));
+                for j in 0..k {
+                    let f = |c: usize| to_u8(fake[j * 3 * h * w + c * h * w + p]);
+                    img.put_pixel(((j + 1) * w + x) as u32, (i * h + y) as u32, image::Rgb([f(0), f(1), f(2)]));
+                }
+            }
+        }
+    }
+    img.save(path).map_err(|e| file_err(path, e))
+}
+
+fn save_grid_n(path: &Path, samples: &[Sample], fake: &Tensor, n: usize) -> Result<()> {
+    let n = samples.len().min(n);
     let (h, w) = (samples[0].label.height, samples[0].label.width);
     let fake: Vec<f32> = fake.narrow(0, 0, n)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
     let mut img = image::RgbImage::new((3 * w) as u32, (n * h) as u32);

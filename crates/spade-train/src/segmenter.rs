@@ -12,24 +12,47 @@ use spade_models::ParamStore;
 use std::path::Path;
 
 /// Training settings of the synthetic segmenter (part of its cache key).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SegmenterSpec {
     pub size: usize,
     pub iterations: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// The synthetic split it trains on: `data.synthetic_style` (default all styles).
+    #[serde(default)]
+    pub style: Option<String>,
+    /// `data.synthetic_uniform` of its training split (default 0).
+    #[serde(default)]
+    pub uniform: f64,
 }
 
 impl SegmenterSpec {
     pub fn cache_name(&self) -> String {
-        format!(
-            "synthetic_segmenter_s{}_it{}_b{}_seed{}.safetensors",
-            self.size, self.iterations, self.batch_size, self.seed
-        )
+        let mut name = format!("synthetic_segmenter_v2_s{}_it{}_b{}_seed{}", self.size, self.iterations, self.batch_size, self.seed);
+        if let Some(st) = &self.style {
+            name.push_str(&format!("_style-{st}"));
+        }
+        if self.uniform > 0.0 {
+            name.push_str(&format!("_uniform{}", self.uniform));
+        }
+        name + ".safetensors"
+    }
+
+    /// The synthetic split of `phase` that it trains (and is validated) on.
+    pub fn data(&self, phase: Phase) -> DatasetConfig {
+        let mut d = DatasetConfig::new(DatasetMode::Synthetic, None);
+        d.load_size = Some(self.size);
+        d.crop_size = Some(self.size);
+        d.phase = phase;
+        d.synthetic_style = self.style.clone();
+        d.synthetic_uniform = Some(self.uniform);
+        d
     }
 }
 
-/// Conv encoder-decoder with a skip connection; 64 channels at 1/4 resolution.
+/// Conv encoder-decoder with a skip connection; 64 channels at 1/4 resolution. The output of
+/// `c5` (64 channels at full resolution, after its ReLU) is its penultimate feature map.
 pub struct SyntheticSegmenter {
     c1: Conv2d,
     c2: Conv2d,
@@ -62,15 +85,19 @@ impl SyntheticSegmenter {
         })
     }
 
-    /// Logits (B, classes, H, W) of images (B, 3, H, W) in [-1, 1].
-    pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The penultimate feature map (B, 64, H, W) of images (B, 3, H, W) in [-1, 1].
+    fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let f1 = self.c1.forward_t(x, false)?.relu()?;
         let f = self.c2.forward_t(&f1, false)?.relu()?;
         let f = self.c3.forward_t(&f, false)?.relu()?;
         let f = self.c4.forward_t(&f, false)?.relu()?;
         let f = upsample2x(&upsample2x(&f)?)?;
-        let f = self.c5.forward_t(&Tensor::cat(&[&f, &f1], 1)?, false)?.relu()?;
-        self.c6.forward_t(&f, false)
+        self.c5.forward_t(&Tensor::cat(&[&f, &f1], 1)?, false)?.relu()
+    }
+
+    /// Logits (B, classes, H, W) of images (B, 3, H, W) in [-1, 1].
+    pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.c6.forward_t(&self.features(x)?, false)
     }
 
     /// Loads the cached network for `spec` from `cache_dir`, or trains and caches it.
@@ -91,20 +118,12 @@ impl SyntheticSegmenter {
         Ok(net)
     }
 
-    fn data(spec: SegmenterSpec, phase: Phase) -> DatasetConfig {
-        let mut d = DatasetConfig::new(DatasetMode::Synthetic, None);
-        d.load_size = Some(spec.size);
-        d.crop_size = Some(spec.size);
-        d.phase = phase;
-        d
-    }
-
     fn train(spec: SegmenterSpec, device: &Device, progress: bool) -> Result<Self> {
         let store = ParamStore::fresh(spec.seed, DType::F32, device);
-        let net = Self::build(store.clone(), spec)?;
+        let net = Self::build(store.clone(), spec.clone())?;
         let params = store.entries().into_iter().map(|e| (e.name, e.var)).collect();
         let mut adam = Adam::new(params, AdamConfig { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 })?;
-        let ds = spade_data::open(&Self::data(spec, Phase::Train))?;
+        let ds = spade_data::open(&spec.data(Phase::Train))?;
         let loader = BatchLoader::new(ds, LoaderOptions::train(spec.batch_size, spec.seed))?;
         let bar = if progress {
             indicatif::ProgressBar::new(spec.iterations as u64)
@@ -161,7 +180,14 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 impl Segmenter for SyntheticSegmenter {
     fn name(&self) -> String {
-        format!("synthetic-segmenter ({} iterations on synthetic train images)", self.spec.iterations)
+        format!(
+            "synthetic-segmenter ({} iterations on synthetic train images at {}x{}, style {}, {}% single-class scenes)",
+            self.spec.iterations,
+            self.spec.size,
+            self.spec.size,
+            self.spec.style.as_deref().unwrap_or("all"),
+            self.spec.uniform * 100.0
+        )
     }
     fn weights_hash(&self) -> String {
         self.hash.clone()
@@ -176,5 +202,9 @@ impl Segmenter for SyntheticSegmenter {
         // The trait takes [0, 1]; the network was trained on [-1, 1].
         let x = ((images * 2.0)? - 1.0)?;
         Ok(self.logits(&x)?.argmax(1)?.to_dtype(DType::U32)?)
+    }
+    fn penultimate_features(&self, images: &Tensor) -> Option<spade_metrics::Result<Tensor>> {
+        let f = || -> candle_core::Result<Tensor> { self.features(&((images * 2.0)? - 1.0)?)?.mean((2, 3)) };
+        Some(f().map_err(Into::into))
     }
 }
