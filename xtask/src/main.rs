@@ -6,6 +6,7 @@ mod fetch_weights;
 mod plots;
 mod report;
 mod reproduce;
+mod stats;
 
 #[derive(Parser)]
 #[command(name = "xtask")]

@@ -1,12 +1,16 @@
-//! `cargo xtask report <table>`: reports/<table>.md and .csv built only from the files of the
-//! runs (config.yaml, run.json, metrics.json, row.json, losses.jsonl). The CSV is written from
-//! a polars DataFrame, one row per table row (rows not run included, with their reason).
-use crate::reproduce::{load_table, runs_dir_in, workspace_root, Row, TableFile};
+//! `cargo xtask report <table>`: `reports/<stem>.md`, `<stem>.csv` and `<stem>_claims.csv`
+//! built only from the files of the runs in the store (config.yaml, run.json, metrics.json,
+//! row.json, losses.jsonl). Per row, the seeds' values are aggregated with polars (mean,
+//! standard deviation, count), the 95% confidence half-width comes from Student's t, and each
+//! claim of the paper's table is judged by Welch's t-test ([`crate::stats`]).
+use crate::reproduce::{load_table, run_dir_for_in, seed_count, store_dir, workspace_root, Profile, Row, RowInfo, TableFile};
+use crate::stats::{self, Verdict};
 use anyhow::{Context, Result};
 use polars::prelude::{Column, CsvWriter, DataFrame, SerWriter};
+use serde::Deserialize;
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,16 +18,398 @@ pub struct Args {
     pub table: String,
     #[arg(long, default_value = "mini")]
     pub profile: String,
+    /// The dataset whose runs are reported.
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: String,
+    /// Seeds per row (default: the profile's).
+    #[arg(long)]
+    pub seeds: Option<usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let t = load_table(&args.table)?;
-    build(&t, &args.profile)
+    let mut ra = crate::reproduce::Args::for_report(&args.table, &args.profile, &args.dataset);
+    ra.seeds = args.seeds;
+    build(&t, &ra)
 }
 
-fn read_json(p: &Path) -> Result<Value> {
+/// A measured column of the report: one list for the markdown table, the CSV and the claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    #[default]
+    Miou,
+    Accuracy,
+    UniformAccuracy,
+    FdEvaluator,
+    Fid,
+    Diversity,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] =
+        [Metric::Miou, Metric::Accuracy, Metric::UniformAccuracy, Metric::FdEvaluator, Metric::Fid, Metric::Diversity];
+
+    /// The CSV prefix (`<key>_mean`, `<key>_std`, `<key>_ci95`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Miou => "miou",
+            Metric::Accuracy => "accuracy",
+            Metric::UniformAccuracy => "uniform_accuracy",
+            Metric::FdEvaluator => "fd_evaluator",
+            Metric::Fid => "fid",
+            Metric::Diversity => "diversity",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Metric::Miou => "mIoU",
+            Metric::Accuracy => "accuracy",
+            Metric::UniformAccuracy => "uniform-map accuracy",
+            Metric::FdEvaluator => "FD in evaluator features",
+            Metric::Fid => "FID",
+            Metric::Diversity => "diversity (mean pairwise L1)",
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::FdEvaluator | Metric::Fid)
+    }
+
+    /// Shown in percent (fractions in the run files).
+    fn percent(self) -> bool {
+        matches!(self, Metric::Miou | Metric::Accuracy | Metric::UniformAccuracy)
+    }
+
+    fn decimals(self) -> usize {
+        match self {
+            Metric::Diversity => 3,
+            _ => 1,
+        }
+    }
+
+    fn format(self, x: f64) -> String {
+        format!("{x:.*}", self.decimals())
+    }
+
+    /// The value of one run, in report units.
+    fn of(self, m: &MetricsFile) -> Option<f64> {
+        let scale = if self.percent() { 100.0 } else { 1.0 };
+        let v = match self {
+            Metric::Miou => m.generated("mIoU"),
+            Metric::Accuracy => m.generated("accuracy"),
+            Metric::UniformAccuracy => m.uniform_maps.as_ref().and_then(|u| u.pixel_accuracy),
+            Metric::FdEvaluator => m.fd_evaluator.as_ref().and_then(|f| f.value),
+            Metric::Fid => m.fid.as_ref().and_then(|f| f.value),
+            Metric::Diversity => m.diversity.as_ref().and_then(|f| f.value),
+        };
+        v.filter(|x| x.is_finite()).map(|x| x * scale)
+    }
+}
+
+/// The parts of a run's `metrics.json` that the report reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct MetricsFile {
+    #[serde(default)]
+    pub segmentation: Value,
+    #[serde(default)]
+    pub fid: Option<Valued>,
+    #[serde(default)]
+    pub fd_evaluator: Option<Valued>,
+    #[serde(default)]
+    pub uniform_maps: Option<UniformMaps>,
+    #[serde(default)]
+    pub diversity: Option<Valued>,
+    #[serde(default, rename = "parameters_G")]
+    pub parameters_g: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Valued {
+    #[serde(default)]
+    pub value: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UniformMaps {
+    #[serde(default)]
+    pub pixel_accuracy: Option<f64>,
+    #[serde(default)]
+    pub real_images_pixel_accuracy: Option<f64>,
+}
+
+impl MetricsFile {
+    fn generated(&self, key: &str) -> Option<f64> {
+        self.segmentation["generated"]["dontcare_ignore"][key].as_f64()
+    }
+    fn real(&self, key: &str) -> Option<f64> {
+        self.segmentation["real_images"]["dontcare_ignore"][key].as_f64()
+    }
+    fn segmenter(&self) -> Option<String> {
+        self.segmentation["protocol"]["segmenter"].as_str().map(String::from)
+    }
+}
+
+/// A claim of the paper's table, as `claims:` in the table file gives it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claim {
+    #[serde(flatten)]
+    pub kind: ClaimKind,
+    #[serde(default)]
+    pub metric: Metric,
+    /// The claim in words.
+    pub paper: String,
+    /// Where the paper says it (quoted).
+    #[serde(default)]
+    pub source: String,
+    /// The margin of `similar` and `no_gain` claims, in the metric's units (default 3).
+    #[serde(default)]
+    pub margin: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimKind {
+    Better { better: String, worse: String },
+    Similar { similar: [String; 2] },
+    NoGain { no_gain: String, over: String },
+}
+
+impl Claim {
+    fn rows(&self) -> (&str, &str) {
+        match &self.kind {
+            ClaimKind::Better { better, worse } => (better, worse),
+            ClaimKind::Similar { similar } => (&similar[0], &similar[1]),
+            ClaimKind::NoGain { no_gain, over } => (no_gain, over),
+        }
+    }
+
+    fn margin(&self) -> f64 {
+        self.margin.unwrap_or(DEFAULT_MARGIN)
+    }
+
+    fn relation(&self) -> String {
+        let (a, b) = self.rows();
+        match self.kind {
+            ClaimKind::Better { .. } => format!("{a} better than {b}"),
+            ClaimKind::Similar { .. } => format!("{a} within ±{} of {b}", self.margin()),
+            ClaimKind::NoGain { .. } => format!("{a} no better than {b} (margin {})", self.margin()),
+        }
+    }
+}
+
+/// The margin of `similar` / `no_gain` claims unless a claim gives its own.
+pub const DEFAULT_MARGIN: f64 = 3.0;
+
+/// The rules, as the report prints them.
+pub fn rules_text() -> String {
+    format!(
+        "Each claim is judged on the per-seed values of its metric with Welch's t-test (unequal variances), at alpha = {a}. \
+         For lower-is-better metrics (FD, FID) \"better\" means lower. \
+         **better A than B**: reproduced when A is better with one-sided p < {a}; not reproduced when B is better with one-sided p < {a}; otherwise inconclusive. \
+         **A within ±m of B**: reproduced when the 95% confidence interval of A - B lies inside (-m, m); not reproduced when the difference is significant (two-sided p < {a}) and its estimate lies outside ±m; otherwise inconclusive. \
+         **A no better than B**: not reproduced when A is better with one-sided p < {a}; reproduced when the upper end of the 95% CI of A - B (oriented so that higher is better) is below m; otherwise inconclusive. \
+         Fewer than 2 seeds on either side: inconclusive. Two rows that are the same runs in this profile (identical configs): not tested. \
+         The margin m is {m} points unless the claim gives its own.",
+        a = stats::ALPHA,
+        m = DEFAULT_MARGIN
+    )
+}
+
+/// One finished run of a row.
+#[derive(Debug)]
+pub struct RunRecord {
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub info: RowInfo,
+    pub metrics: MetricsFile,
+    pub objective: Option<String>,
+}
+
+/// A row of the table with its runs.
+pub struct RowRuns<'a> {
+    pub row: &'a Row,
+    pub runs: Vec<RunRecord>,
+    /// Run directories of every seed, finished or not (for "same runs" detection).
+    pub dirs: Vec<PathBuf>,
+}
+
+impl RowRuns<'_> {
+    fn values(&self, m: Metric) -> Vec<f64> {
+        self.runs.iter().filter_map(|r| m.of(&r.metrics)).collect()
+    }
+    fn status(&self, seeds: usize) -> String {
+        if let Some(reason) = &self.row.not_run {
+            return format!("not run: {reason}");
+        }
+        match self.runs.len() {
+            0 => "not run".into(),
+            n if n < seeds => format!("partial: {n} of {seeds} seeds"),
+            _ => "run".into(),
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
     let text = std::fs::read_to_string(p).with_context(|| format!("{}: missing", p.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))
+    serde_json::from_str(&text).with_context(|| format!("{}: not the expected JSON", p.display()))
+}
+
+/// The finished runs of every row and seed, from the store under `root`.
+pub fn collect<'a>(root: &Path, t: &'a TableFile, profile: &Profile, args: &crate::reproduce::Args) -> Result<Vec<RowRuns<'a>>> {
+    let seeds = seed_count(args, profile);
+    let mut out = Vec::new();
+    for row in &t.rows {
+        let mut rr = RowRuns { row, runs: Vec::new(), dirs: Vec::new() };
+        if row.not_run.is_none() {
+            for seed in 0..seeds as u64 {
+                let (dir, cfg) = run_dir_for_in(root, t, profile, row, args, seed)?;
+                rr.dirs.push(dir.clone());
+                let done = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref() == Some(cfg.to_yaml().as_str())
+                    && dir.join("metrics.json").is_file()
+                    && dir.join("row.json").is_file();
+                if !done {
+                    continue;
+                }
+                let run: Value = read_json(&dir.join("run.json")).unwrap_or_default();
+                rr.runs.push(RunRecord {
+                    seed,
+                    info: read_json(&dir.join("row.json"))?,
+                    metrics: read_json(&dir.join("metrics.json"))?,
+                    objective: run["objective"].as_str().map(String::from),
+                    dir,
+                });
+            }
+        }
+        out.push(rr);
+    }
+    Ok(out)
+}
+
+/// Per row and metric: (mean, standard deviation, count), aggregated with polars from one
+/// line per run.
+pub fn aggregate(rows: &[RowRuns]) -> Result<Vec<[(f64, f64, usize); 6]>> {
+    let mut ids = Vec::new();
+    let mut cols: Vec<Vec<Option<f64>>> = vec![Vec::new(); Metric::ALL.len()];
+    for r in rows {
+        for run in &r.runs {
+            ids.push(r.row.id.clone());
+            for (k, m) in Metric::ALL.iter().enumerate() {
+                cols[k].push(m.of(&run.metrics));
+            }
+        }
+    }
+    let mut columns = vec![Column::new("row".into(), ids)];
+    for (k, m) in Metric::ALL.iter().enumerate() {
+        columns.push(Column::new(m.key().into(), std::mem::take(&mut cols[k])));
+    }
+    let df = DataFrame::new_infer_height(columns)?;
+    let keys: Vec<&str> = Metric::ALL.iter().map(|m| m.key()).collect();
+    // The eager group-by aggregations: the lazy engine is not compiled in (compile time).
+    #[allow(deprecated)]
+    let (mean, sd, count) = (
+        df.group_by_stable(["row"])?.select(keys.clone()).mean()?,
+        df.group_by_stable(["row"])?.select(keys.clone()).std(1)?,
+        df.group_by_stable(["row"])?.select(keys.clone()).count()?,
+    );
+    let index_of = |frame: &DataFrame, id: &str| -> Option<usize> {
+        let c = frame.column("row").ok()?;
+        (0..frame.height()).find(|&i| c.get(i).ok().and_then(|v| v.get_str().map(|s| s == id)).unwrap_or(false))
+    };
+    let num = |frame: &DataFrame, name: &str, i: usize| -> Option<f64> {
+        frame.column(name).ok()?.get(i).ok()?.extract::<f64>()
+    };
+    let mut out = Vec::new();
+    for r in rows {
+        let mut s = [(f64::NAN, f64::NAN, 0usize); 6];
+        if let Some(i) = index_of(&mean, &r.row.id) {
+            for (k, m) in Metric::ALL.iter().enumerate() {
+                let mu = num(&mean, &format!("{}_mean", m.key()), i).unwrap_or(f64::NAN);
+                let sdv = index_of(&sd, &r.row.id)
+                    .and_then(|j| num(&sd, &format!("{}_agg_std", m.key()), j))
+                    .unwrap_or(f64::NAN);
+                let n = index_of(&count, &r.row.id)
+                    .and_then(|j| num(&count, &format!("{}_count", m.key()), j))
+                    .unwrap_or(0.0) as usize;
+                s[k] = (mu, sdv, n);
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// What a claim came to.
+pub struct ClaimResult<'a> {
+    pub claim: &'a Claim,
+    pub mean_a: f64,
+    pub mean_b: f64,
+    pub welch: Option<stats::Welch>,
+    pub verdict: Verdict,
+    pub note: String,
+}
+
+/// Judges every claim of the table (see [`rules_text`]).
+pub fn judge<'a>(t: &'a TableFile, rows: &[RowRuns]) -> Vec<ClaimResult<'a>> {
+    let find = |id: &str| rows.iter().find(|r| r.row.id == id);
+    t.claims
+        .iter()
+        .map(|c| {
+            let (a, b) = c.rows();
+            let (Some(ra), Some(rb)) = (find(a), find(b)) else {
+                return ClaimResult {
+                    claim: c,
+                    mean_a: f64::NAN,
+                    mean_b: f64::NAN,
+                    welch: None,
+                    verdict: Verdict::NotTested,
+                    note: format!("no row {a} or {b} in the table"),
+                };
+            };
+            // Orient so that higher is better.
+            let sign = if c.metric.higher_is_better() { 1.0 } else { -1.0 };
+            let va: Vec<f64> = ra.values(c.metric).iter().map(|x| sign * x).collect();
+            let vb: Vec<f64> = rb.values(c.metric).iter().map(|x| sign * x).collect();
+            let (mean_a, mean_b) = (sign * stats::summary(&va).0, sign * stats::summary(&vb).0);
+            if !ra.dirs.is_empty() && ra.dirs == rb.dirs {
+                return ClaimResult {
+                    claim: c,
+                    mean_a,
+                    mean_b,
+                    welch: None,
+                    verdict: Verdict::NotTested,
+                    note: "the two rows are the same runs in this profile (identical configs)".into(),
+                };
+            }
+            let welch = stats::welch(&va, &vb);
+            let verdict = match (&c.kind, &welch) {
+                (_, None) => Verdict::Inconclusive,
+                (ClaimKind::Better { .. }, Some(w)) => stats::better(w),
+                (ClaimKind::Similar { .. }, Some(w)) => stats::similar(w, c.margin()),
+                (ClaimKind::NoGain { .. }, Some(w)) => stats::no_gain(w, c.margin()),
+            };
+            let note = if welch.is_none() {
+                format!("{} and {} seeds: fewer than 2 on a side", va.len(), vb.len())
+            } else {
+                String::new()
+            };
+            ClaimResult { claim: c, mean_a, mean_b, welch, verdict, note }
+        })
+        .collect()
+}
+
+/// `reports/<stem>.*`: the table's name, then the profile unless mini, then the dataset unless
+/// the built-in one.
+pub fn report_stem(table: &str, profile: &str, dataset: &str) -> String {
+    let mut s = table.to_string();
+    if profile != "mini" {
+        s.push_str(&format!("-{profile}"));
+    }
+    if dataset != "synthetic" {
+        s.push_str(&format!("-{dataset}"));
+    }
+    s
 }
 
 fn fmt_params(n: u64) -> String {
@@ -34,22 +420,12 @@ fn fmt_params(n: u64) -> String {
     }
 }
 
-/// Mean of each loss over the last 10% of logged iterations.
-fn final_losses(path: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else { return "-".into() };
-    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let tail = &lines[lines.len() - (lines.len() / 10).max(1).min(lines.len())..];
-    let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
-    for l in tail {
-        if let Some(m) = l["losses"].as_object() {
-            for (k, v) in m {
-                let e = sums.entry(k.clone()).or_default();
-                e.0 += v.as_f64().unwrap_or(f64::NAN);
-                e.1 += 1;
-            }
-        }
+fn fmt_p(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
     }
-    sums.iter().map(|(k, (s, n))| format!("{k} {:.3}", s / *n as f64)).collect::<Vec<_>>().join(", ")
 }
 
 /// The paper's sub-values of a cell: a number is the table's metric (mIoU); a mapping holds
@@ -77,31 +453,8 @@ fn paper_cell(row: &Row, key: &str, triples: bool) -> String {
         }
         PAPER_PARTS.iter().map(|p| f(paper_part(row, key, p))).collect::<Vec<_>>().join(" / ")
     } else {
-        paper_part(row, key, "miou").map(|x| format!("{x:.1}")).unwrap_or_default()
+        f(paper_part(row, key, "miou"))
     }
-}
-
-/// One table row as the report needs it (None where a value is unavailable or not run).
-#[derive(Debug, Default)]
-struct Record {
-    id: String,
-    method: String,
-    status: String,
-    objective: Option<String>,
-    profile: Option<String>,
-    dataset: Option<String>,
-    params_g: Option<u64>,
-    paper_params: Option<String>,
-    miou: Option<f64>,
-    accuracy: Option<f64>,
-    miou_count: Option<f64>,
-    miou_real: Option<f64>,
-    fid: Option<f64>,
-    /// One value per paper CSV column.
-    paper: Vec<Option<f64>>,
-    iterations: Option<u64>,
-    train_s: Option<f64>,
-    eval_s: Option<f64>,
 }
 
 /// The CSV's paper columns: (row key, part, column name), every part some row has.
@@ -109,7 +462,7 @@ fn paper_csv_columns(t: &TableFile) -> Vec<(String, &'static str, String)> {
     let mut cols = Vec::new();
     for c in &t.paper_columns {
         for part in PAPER_PARTS {
-            if t.rows.iter().any(|r| paper_part(r, &c.key, part).is_some()) || (part == "miou" && !paper_triples(t)) {
+            if t.rows.iter().any(|r| paper_part(r, &c.key, part).is_some()) {
                 cols.push((c.key.clone(), part, format!("paper_{}_{part}", c.key)));
             }
         }
@@ -117,39 +470,8 @@ fn paper_csv_columns(t: &TableFile) -> Vec<(String, &'static str, String)> {
     cols
 }
 
-/// The report's table as a DataFrame (the CSV's content), columns in this order.
-fn dataframe(records: &[Record], paper_cols: &[(String, &'static str, String)]) -> Result<DataFrame> {
-    fn col<T>(name: &str, values: Vec<T>) -> Column
-    where
-        polars::prelude::Series: polars::prelude::NamedFrom<Vec<T>, [T]>,
-    {
-        Column::new(name.into(), values)
-    }
-    let s = |f: fn(&Record) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
-    let x = |f: fn(&Record) -> Option<f64>| records.iter().map(f).collect::<Vec<_>>();
-    let u = |f: fn(&Record) -> Option<u64>| records.iter().map(f).collect::<Vec<_>>();
-    let mut cols = vec![
-        col("row", s(|r| Some(r.id.clone()))),
-        col("method", s(|r| Some(r.method.clone()))),
-        col("status", s(|r| Some(r.status.clone()))),
-        col("objective", s(|r| r.objective.clone())),
-        col("profile", s(|r| r.profile.clone())),
-        col("dataset", s(|r| r.dataset.clone())),
-        col("params_G", u(|r| r.params_g)),
-        col("paper_params", s(|r| r.paper_params.clone())),
-        col("miou_generated", x(|r| r.miou)),
-        col("accuracy_generated", x(|r| r.accuracy)),
-        col("miou_generated_count_dontcare", x(|r| r.miou_count)),
-        col("miou_real_images", x(|r| r.miou_real)),
-        col("fid", x(|r| r.fid)),
-    ];
-    for (i, (_, _, name)) in paper_cols.iter().enumerate() {
-        cols.push(col(name, records.iter().map(|r| r.paper.get(i).copied().flatten()).collect()));
-    }
-    cols.push(col("iterations", u(|r| r.iterations)));
-    cols.push(col("train_wall_s", x(|r| r.train_s)));
-    cols.push(col("eval_wall_s", x(|r| r.eval_s)));
-    Ok(DataFrame::new_infer_height(cols)?)
+fn nan_none(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
@@ -157,224 +479,303 @@ fn write_csv(path: &Path, df: &mut DataFrame) -> Result<()> {
     CsvWriter::new(&mut f).include_header(true).finish(df).with_context(|| format!("{}: writing", path.display()))
 }
 
-/// Writes reports/<table>.md and .csv (reports/<table>-<profile>.* for profiles other than mini).
-pub fn build(t: &TableFile, profile: &str) -> Result<()> {
-    build_in(&workspace_root(), t, profile)
+/// Writes the reports of `t` from the runs of `args` (profile, dataset, seeds).
+pub fn build(t: &TableFile, args: &crate::reproduce::Args) -> Result<()> {
+    build_in(&workspace_root(), t, args)
 }
 
 /// [`build`] with the runs under `root/runs` and the reports written to `root/reports`.
-pub fn build_in(root: &Path, t: &TableFile, profile: &str) -> Result<()> {
-    let runs = runs_dir_in(root, &t.table, profile);
-    let stem = if profile == "mini" { t.table.clone() } else { format!("{}-{profile}", t.table) };
+pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Result<()> {
+    let profile = t
+        .profiles
+        .get(&args.profile)
+        .with_context(|| format!("profile {} not in the table {}", args.profile, t.table))?;
+    let seeds = seed_count(args, profile);
+    let dataset = crate::reproduce::dataset_key(args);
+    let stem = report_stem(&t.table, &args.profile, &dataset);
+    let rows = collect(root, t, profile, args)?;
+    let agg = aggregate(&rows)?;
+    let claims = judge(t, &rows);
+    let code_rev = crate::reproduce::code_revision(root);
+    let git_rev = spade_train::run::git_revision();
     let triples = paper_triples(t);
-    let paper_cols = paper_csv_columns(t);
+    let store = store_dir(root, &args.profile, &dataset);
+    let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).display().to_string();
+
+    // ---- markdown
     let mut md = String::new();
-    let mut records: Vec<Record> = Vec::new();
-    let mut measured: Vec<(String, f64)> = Vec::new();
-    let mut protocol = String::new();
-    let mut header = String::new();
-    writeln!(md, "# {}\n", t.title)?;
-    let paper_heads: Vec<String> = t
-        .paper_columns
-        .iter()
-        .map(|c| {
-            if triples {
-                format!("paper {} (mIoU / accu / FID)", c.title)
-            } else {
-                format!("paper {} {}*", t.metric, c.title)
+    let dataset_name = if dataset == "synthetic" { "the built-in synthetic dataset".to_string() } else { dataset.clone() };
+    writeln!(md, "# {} — {dataset_name}, profile {}\n", t.title, args.profile)?;
+    let revisions: std::collections::BTreeSet<String> =
+        rows.iter().flat_map(|r| r.runs.iter().map(|x| x.info.code_revision.clone())).collect();
+    let gits: std::collections::BTreeSet<String> =
+        rows.iter().flat_map(|r| r.runs.iter().map(|x| x.info.git_revision.clone())).collect();
+    writeln!(
+        md,
+        "Built by `cargo xtask report {}` at git revision `{git_rev}` (code revision `{code_rev}`), from the runs in `{}`. \
+         The runs were made at code revision(s) {} (git {}). The code revision hashes the source of the crates that train and score \
+         (spade-io, -data, -models, -metrics, -train) and Cargo.lock{}.\n",
+        t.table,
+        rel(&store),
+        revisions.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "),
+        gits.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", "),
+        if revisions.iter().any(|r| *r != code_rev) && !revisions.is_empty() {
+            "; **some runs were made at another code revision than this report's** (reused with --allow-other-revisions); each row's revisions are listed under Runs"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(md, "**Profile {}:** {}. **Scale:** {}\n", args.profile, profile.description, profile.scale)?;
+    // The evaluator, from the first run that has it.
+    let first = rows.iter().flat_map(|r| r.runs.iter()).next();
+    if let Some(run) = first {
+        let real_miou = run.metrics.real("mIoU").map(|x| 100.0 * x);
+        let real_acc = run.metrics.real("accuracy").map(|x| 100.0 * x);
+        let real_uniform = run.metrics.uniform_maps.as_ref().and_then(|u| u.real_images_pixel_accuracy).map(|x| 100.0 * x);
+        let f = |x: Option<f64>| x.map(|x| format!("{x:.1}%")).unwrap_or_else(|| "unavailable".into());
+        writeln!(
+            md,
+            "**Evaluator:** {}. On real validation images: **mIoU {}**, pixel accuracy {}; on real single-class images: pixel accuracy {}.{}\n",
+            run.metrics.segmenter().unwrap_or_else(|| "no segmentation network".into()),
+            f(real_miou),
+            f(real_acc),
+            f(real_uniform),
+            match real_miou {
+                Some(x) if dataset == "synthetic" && x >= 80.0 => " It passes the project's bar (80% mIoU on real images).",
+                Some(_) if dataset == "synthetic" => " **It is below the project's bar of 80% mIoU on real images: the segmentation scores below are weak evidence.**",
+                _ => "",
             }
-        })
-        .collect();
-    let ncols = 10 + paper_heads.len();
-    let mut table = format!(
-        "| method | #param (measured) | #param (paper) | mIoU generated | accuracy | mIoU (don't-care counted) | segmenter on real images: mIoU | FID | {} | iterations | train time | G objective |\n|{}\n",
-        paper_heads.join(" | "),
-        "---|".repeat(ncols + 1)
-    );
-    let mut curves = String::new();
-    let mut plot_rows = Vec::new();
-    for row in &t.rows {
-        let dir = runs.join(&row.id);
-        let paper_p = row
-            .paper
-            .get("params")
-            .map(|v| serde_yaml_ng::to_string(v).unwrap_or_default().trim().to_string())
-            .filter(|s| !s.is_empty());
-        let paper_cells: Vec<String> = t.paper_columns.iter().map(|c| paper_cell(row, &c.key, triples)).collect();
-        let paper_vals: Vec<Option<f64>> = paper_cols.iter().map(|(k, p, _)| paper_part(row, k, p)).collect();
-        let not_run = match &row.not_run {
-            Some(reason) => Some(format!("not run: {reason}")),
-            None if !dir.join("row.json").is_file() => Some("not run".to_string()),
-            None => None,
-        };
-        if let Some(status) = not_run {
-            let mut cells = vec![row.method.clone(), status.clone(), paper_p.clone().unwrap_or_default()];
-            cells.extend(std::iter::repeat_n(String::new(), 5));
-            cells.extend(paper_cells.iter().cloned());
-            cells.extend(std::iter::repeat_n(String::new(), 3));
-            writeln!(table, "| {} |", cells.join(" | "))?;
-            records.push(Record {
-                id: row.id.clone(),
-                method: row.method.clone(),
-                status,
-                paper_params: paper_p,
-                paper: paper_vals,
-                ..Default::default()
-            });
+        )?;
+    }
+    writeln!(md, "## Results\n")?;
+    writeln!(
+        md,
+        "Mean ± 95% confidence half-width (Student's t) over the seeds. mIoU and accuracy: the segmenter on the generated validation images against their label maps (percent). \
+         Uniform-map accuracy: the paper's wash-away test (Section 3), the fraction of pixels the segmenter gives the map's class on single-class label maps, one per class (percent). \
+         FD in evaluator features: the Fréchet distance between real and generated validation images in the segmenter's penultimate features (global average pool) — not FID. \
+         FID: only with Inception weights. Diversity: the mean pairwise L1 distance between outputs for the same label (pixels in [0, 1]; 0 for generators without z).\n"
+    )?;
+    let mut head = vec!["method".to_string(), "seeds".into(), "#param G".into()];
+    head.extend(Metric::ALL.iter().map(|m| m.title().to_string()));
+    head.extend(["G objective".to_string(), "status".into()]);
+    writeln!(md, "| {} |\n|{}", head.join(" | "), "---|".repeat(head.len()))?;
+    for (r, s) in rows.iter().zip(&agg) {
+        let status = r.status(seeds);
+        if r.runs.is_empty() {
+            let mut cells = vec![r.row.method.clone(), status.clone()];
+            cells.resize(head.len(), String::new());
+            writeln!(md, "| {} |", cells.join(" | "))?;
             continue;
         }
-        let info = read_json(&dir.join("row.json"))?;
-        let run = read_json(&dir.join("run.json"))?;
-        let m = read_json(&dir.join("metrics.json"))?;
-        if header.is_empty() {
-            let prof = info["profile"].as_str().unwrap_or("?");
-            let desc = t.profiles.get(prof).map(|p| p.description.as_str()).unwrap_or("");
-            header = format!(
-                "Metric: {}. Profile **{}** ({desc}) on dataset **{}**: {}.\n\nGit revision of the first row's run: `{}`; device {}.\n",
-                t.metric,
-                prof,
-                info["dataset"].as_str().unwrap_or("?"),
-                info["profile_scale"].as_str().unwrap_or(""),
-                run["git_revision"].as_str().unwrap_or("?"),
-                run["device"].as_str().unwrap_or("?")
-            );
+        let mut cells =
+            vec![r.row.method.clone(), r.runs.len().to_string(), r.runs[0].metrics.parameters_g.map(fmt_params).unwrap_or_default()];
+        for (k, m) in Metric::ALL.iter().enumerate() {
+            let (mu, sd, n) = s[k];
+            cells.push(match (nan_none(mu), n) {
+                (None, _) => "unavailable".into(),
+                (Some(mu), n) if n >= 2 && sd.is_finite() => format!("{} ± {}", m.format(mu), m.format(stats::ci95(sd, n))),
+                (Some(mu), _) => m.format(mu),
+            });
         }
-        let seg = &m["segmentation"];
-        let gen = &seg["generated"]["dontcare_ignore"];
-        let gen_count = &seg["generated"]["dontcare_count"];
-        let real = &seg["real_images"]["dontcare_ignore"];
-        if protocol.is_empty() {
-            protocol = match seg.get("protocol") {
-                Some(p) => format!(
-                    "Segmentation protocol: {} (weights sha256 `{}`), input {}x{}, label resize {}, don't-care: both settings reported; {} validation images per row. FID: {}.\n",
-                    p["segmenter"].as_str().unwrap_or("?"),
-                    &p["weights_sha256"].as_str().unwrap_or("?")[..12.min(p["weights_sha256"].as_str().unwrap_or("?").len())],
-                    p["input_resolution"][0], p["input_resolution"][1],
-                    p["label_resize"].as_str().unwrap_or("?"),
-                    m["samples"],
-                    m["fid"]["unavailable"].as_str().unwrap_or("computed with pytorch-fid's Inception")
-                ),
-                None => format!("Segmentation: {}\n", seg["unavailable"].as_str().unwrap_or("?")),
-            };
-        }
-        let f = |v: &Value| v.as_f64().map(|x| format!("{:.1}", 100.0 * x)).unwrap_or_else(|| "n/a".into());
-        let params = run["parameters_G"].as_u64();
-        let fid = m["fid"]["value"].as_f64();
-        let train_s = info["train_wall_s"].as_f64();
-        // Runs from before the objective was recorded say so rather than guess.
-        let objective = run["objective"].as_str().unwrap_or("not recorded").to_string();
-        writeln!(
-            table,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s | {} |",
-            row.method,
-            params.map(fmt_params).unwrap_or_else(|| "?".into()),
-            paper_p.clone().unwrap_or_default(),
-            f(&gen["mIoU"]),
-            f(&gen["accuracy"]),
-            f(&gen_count["mIoU"]),
-            f(&real["mIoU"]),
-            fid.map(|x| format!("{x:.1}")).unwrap_or_else(|| "unavailable".into()),
-            paper_cells.join(" | "),
-            info["iterations"],
-            train_s.unwrap_or(0.0),
-            objective
-        )?;
-        records.push(Record {
-            id: row.id.clone(),
-            method: row.method.clone(),
-            status: "run".into(),
-            objective: Some(objective.clone()),
-            profile: info["profile"].as_str().map(String::from),
-            dataset: info["dataset"].as_str().map(String::from),
-            params_g: params,
-            paper_params: paper_p,
-            miou: gen["mIoU"].as_f64(),
-            accuracy: gen["accuracy"].as_f64(),
-            miou_count: gen_count["mIoU"].as_f64(),
-            miou_real: real["mIoU"].as_f64(),
-            fid,
-            paper: paper_vals,
-            iterations: info["iterations"].as_u64(),
-            train_s,
-            eval_s: info["eval_wall_s"].as_f64(),
-        });
-        if let Some(x) = gen["mIoU"].as_f64() {
-            measured.push((row.id.clone(), x));
-        }
-        plot_rows.push(crate::plots::PlotRow {
-            id: row.id.clone(),
-            measured: gen["mIoU"].as_f64().map(|x| 100.0 * x),
-            paper: t.paper_columns.first().and_then(|c| paper_part(row, &c.key, "miou")),
-            dir: dir.clone(),
-        });
-        writeln!(
-            curves,
-            "- {}: {} (objective: {objective}; samples: `runs/{}/{}/eval_samples/grid.png`)",
-            row.method,
-            final_losses(&dir.join("losses.jsonl")),
-            runs.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-            row.id
-        )?;
+        cells.push(r.runs[0].objective.clone().unwrap_or_default());
+        cells.push(status);
+        writeln!(md, "| {} |", cells.join(" | "))?;
     }
-    md.push_str(&header);
-    md.push('\n');
-    md.push_str(&protocol);
-    md.push('\n');
-    md.push_str(&table);
-    writeln!(md, "\n\\* {}", t.paper_note)?;
-    writeln!(md, "\nmIoU and accuracy in percent, from the segmentation network on the generated images against the input label maps. #param (measured) is counted from the built generator. G objective: what the generator was trained with, from the run's run.json.\n")?;
-    writeln!(md, "## Ordering\n\n{}\n", ordering(&measured))?;
-    writeln!(md, "## Final losses (mean of the last 10% of iterations)\n\n{curves}")?;
+    writeln!(md)?;
+
+    if !claims.is_empty() {
+        writeln!(md, "## The paper's claims\n")?;
+        writeln!(md, "| claim (the paper) | metric | test | measured A / B | A - B (95% CI) | p (one-sided / two-sided) | verdict |\n|---|---|---|---|---|---|---|")?;
+        for c in &claims {
+            let m = c.claim.metric;
+            let (ci, p) = match &c.welch {
+                Some(w) => {
+                    let sign = if m.higher_is_better() { 1.0 } else { -1.0 };
+                    let (lo, hi) = w.ci95();
+                    let (lo, hi) = if sign > 0.0 { (lo, hi) } else { (-hi, -lo) };
+                    (
+                        format!("{} ({} .. {})", m.format(sign * w.diff), m.format(lo), m.format(hi)),
+                        format!("{} / {}", fmt_p(w.p_greater), fmt_p(w.p_two_sided)),
+                    )
+                }
+                None => ("-".into(), "-".into()),
+            };
+            let verdict = if c.note.is_empty() {
+                format!("**{}**", c.verdict.as_str())
+            } else {
+                format!("**{}** ({})", c.verdict.as_str(), c.note)
+            };
+            writeln!(
+                md,
+                "| {} — {} | {} | {} | {} / {} | {ci} | {p} | {verdict} |",
+                c.claim.paper,
+                c.claim.source,
+                m.title(),
+                c.claim.relation(),
+                if c.mean_a.is_finite() { m.format(c.mean_a) } else { "-".into() },
+                if c.mean_b.is_finite() { m.format(c.mean_b) } else { "-".into() },
+            )?;
+        }
+        writeln!(md, "\n{}\n", rules_text())?;
+    }
+
+    if t.rows.iter().any(|r| !r.paper.is_empty()) {
+        writeln!(md, "## The paper's values\n")?;
+        writeln!(
+            md,
+            "For reference only: the paper's numbers are on other datasets, at full scale and with other segmenters, so they do not compare with the measured values above in absolute terms; only orderings can. {}\n",
+            t.paper_note
+        )?;
+        let mut head = vec!["method".to_string()];
+        if t.rows.iter().any(|r| r.paper.contains_key("params")) {
+            head.push("#param".into());
+        }
+        for c in &t.paper_columns {
+            head.push(if triples { format!("{} (mIoU / accu / FID)", c.title) } else { format!("{} {}", c.title, t.metric) });
+        }
+        writeln!(md, "| {} |\n|{}", head.join(" | "), "---|".repeat(head.len()))?;
+        for r in &t.rows {
+            let mut cells = vec![r.method.clone()];
+            if head.get(1).map(|h| h == "#param").unwrap_or(false) {
+                cells.push(r.paper.get("params").and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+            }
+            for c in &t.paper_columns {
+                cells.push(paper_cell(r, &c.key, triples));
+            }
+            writeln!(md, "| {} |", cells.join(" | "))?;
+        }
+        writeln!(md)?;
+    } else {
+        writeln!(md, "## The paper's values\n\n{}\n", t.paper_note)?;
+    }
+
+    // ---- plots
     let out = root.join("reports");
     std::fs::create_dir_all(&out)?;
-    let plots = crate::plots::write_all(&out, &stem, &t.metric, &plot_rows)?;
-    if !plots.is_empty() {
-        writeln!(md, "## Plots\n")?;
-        for p in &plots {
-            let name = p.file_name().unwrap().to_string_lossy();
-            if name.ends_with(".png") {
-                writeln!(md, "![{name}]({name})\n")?;
-            }
-        }
-        writeln!(md, "`{stem}_samples.png`: the validation labels, then one column per row in table order, then the real images.\n")?;
-    }
-    std::fs::write(out.join(format!("{stem}.md")), md)?;
-    let mut df = dataframe(&records, &paper_cols)?;
-    write_csv(&out.join(format!("{stem}.csv")), &mut df)?;
-    eprintln!("wrote reports/{stem}.md and reports/{stem}.csv");
-    Ok(())
-}
-
-/// Whether the paper's ordering appeared: SPADE rows above the Concat, pix2pixHD(++) and CRN
-/// rows.
-fn ordering(measured: &[(String, f64)]) -> String {
-    let get = |id: &str| measured.iter().find(|(r, _)| r == id).map(|(_, v)| *v);
-    let spade: Vec<(&str, f64)> =
-        ["spade", "compact_spade", "pix2pixhdpp_spade"].iter().filter_map(|r| get(r).map(|v| (*r, v))).collect();
-    let others: Vec<(&str, f64)> =
-        ["concat", "pix2pixhdpp_concat", "pix2pixhdpp", "compact_pix2pixhdpp", "pix2pixhd", "crn"]
-            .iter()
-            .filter_map(|r| get(r).map(|v| (*r, v)))
-            .collect();
-    if spade.is_empty() || others.is_empty() {
-        return "Not enough rows were measured to compare.".into();
-    }
-    let min_spade = spade.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
-    let max_other = others.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
-    let violations: Vec<String> = spade
+    let plot_rows: Vec<crate::plots::PlotRow> = rows
         .iter()
-        .flat_map(|(s, vs)| {
-            others
+        .zip(&agg)
+        .filter(|(r, _)| !r.runs.is_empty())
+        .map(|(r, s)| crate::plots::PlotRow {
+            id: r.row.id.clone(),
+            bars: [Metric::Miou, Metric::Accuracy, Metric::UniformAccuracy]
                 .iter()
-                .filter(move |(_, vo)| vo >= vs)
-                .map(move |(o, vo)| format!("{o} ({:.1}) >= {s} ({:.1})", 100.0 * vo, 100.0 * vs))
+                .map(|m| {
+                    let k = Metric::ALL.iter().position(|x| x == m).unwrap();
+                    let (mu, sd, n) = s[k];
+                    (m.title().to_string(), nan_none(mu), nan_none(stats::ci95(sd, n)))
+                })
+                .collect(),
+            dirs: r.runs.iter().map(|x| x.dir.clone()).collect(),
         })
         .collect();
-    if min_spade > max_other {
-        format!("The paper's ordering appeared: every SPADE row (lowest {:.1}) is above every other measured row (highest {:.1}).", 100.0 * min_spade, 100.0 * max_other)
-    } else {
-        format!("The paper's ordering did NOT fully appear: {}.", violations.join("; "))
+    let plots = crate::plots::write_all(&out, &stem, &plot_rows)?;
+    if !plots.is_empty() {
+        writeln!(md, "## Figures\n")?;
+        for (name, caption) in &plots {
+            writeln!(md, "{caption}\n\n![{name}]({name})\n")?;
+        }
     }
+
+    writeln!(md, "## Runs\n")?;
+    for r in rows.iter().filter(|r| !r.runs.is_empty()) {
+        let revs: std::collections::BTreeSet<&str> = r.runs.iter().map(|x| x.info.code_revision.as_str()).collect();
+        let mean_s = r.runs.iter().map(|x| x.info.train_wall_s).sum::<f64>() / r.runs.len() as f64;
+        writeln!(
+            md,
+            "- {}: seeds {} in {}; {} iterations, {:.0} s of training per seed; code revision {}",
+            r.row.id,
+            r.runs.iter().map(|x| x.seed.to_string()).collect::<Vec<_>>().join(", "),
+            r.runs.iter().map(|x| format!("`{}`", rel(&x.dir))).collect::<Vec<_>>().join(", "),
+            r.runs[0].info.iterations,
+            mean_s,
+            revs.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
+        )?;
+    }
+    std::fs::write(out.join(format!("{stem}.md")), md)?;
+
+    // ---- CSV: one line per row
+    let s_col = |f: &dyn Fn(&RowRuns) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let mut cols = vec![
+        Column::new("row".into(), s_col(&|r| Some(r.row.id.clone()))),
+        Column::new("method".into(), s_col(&|r| Some(r.row.method.clone()))),
+        Column::new("dataset".into(), s_col(&|_| Some(dataset.clone()))),
+        Column::new("profile".into(), s_col(&|_| Some(args.profile.clone()))),
+        Column::new("seeds".into(), rows.iter().map(|r| r.runs.len() as u64).collect::<Vec<_>>()),
+        Column::new("status".into(), s_col(&|r| Some(r.status(seeds)))),
+        Column::new("params_G".into(), rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.parameters_g)).collect::<Vec<_>>()),
+        Column::new("objective".into(), s_col(&|r| r.runs.first().and_then(|x| x.objective.clone()))),
+    ];
+    for (k, m) in Metric::ALL.iter().enumerate() {
+        let col = |f: &dyn Fn(&(f64, f64, usize)) -> f64| agg.iter().map(|s| nan_none(f(&s[k]))).collect::<Vec<_>>();
+        cols.push(Column::new(format!("{}_mean", m.key()).into(), col(&|s| s.0)));
+        cols.push(Column::new(format!("{}_std", m.key()).into(), col(&|s| s.1)));
+        cols.push(Column::new(format!("{}_ci95", m.key()).into(), col(&|s| stats::ci95(s.1, s.2))));
+    }
+    cols.push(Column::new(
+        "segmenter_real_miou".into(),
+        rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.real("mIoU")).map(|x| 100.0 * x)).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "segmenter_real_uniform_accuracy".into(),
+        rows.iter()
+            .map(|r| {
+                r.runs
+                    .first()
+                    .and_then(|x| x.metrics.uniform_maps.as_ref().and_then(|u| u.real_images_pixel_accuracy))
+                    .map(|x| 100.0 * x)
+            })
+            .collect::<Vec<_>>(),
+    ));
+    for (key, part, name) in paper_csv_columns(t) {
+        cols.push(Column::new(name.into(), t.rows.iter().map(|r| paper_part(r, &key, part)).collect::<Vec<_>>()));
+    }
+    cols.push(Column::new(
+        "iterations".into(),
+        rows.iter().map(|r| r.runs.first().map(|x| x.info.iterations as u64)).collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "train_wall_s_mean".into(),
+        rows.iter()
+            .map(|r| (!r.runs.is_empty()).then(|| r.runs.iter().map(|x| x.info.train_wall_s).sum::<f64>() / r.runs.len() as f64))
+            .collect::<Vec<_>>(),
+    ));
+    cols.push(Column::new(
+        "code_revisions".into(),
+        s_col(&|r| {
+            let v: std::collections::BTreeSet<&str> = r.runs.iter().map(|x| x.info.code_revision.as_str()).collect();
+            (!v.is_empty()).then(|| v.into_iter().collect::<Vec<_>>().join(" "))
+        }),
+    ));
+    let mut df = DataFrame::new_infer_height(cols)?;
+    write_csv(&out.join(format!("{stem}.csv")), &mut df)?;
+
+    // ---- claims CSV
+    if !claims.is_empty() {
+        let c_s = |f: &dyn Fn(&ClaimResult) -> String| claims.iter().map(f).collect::<Vec<_>>();
+        let c_x = |f: &dyn Fn(&ClaimResult) -> Option<f64>| claims.iter().map(f).collect::<Vec<_>>();
+        let mut df = DataFrame::new_infer_height(vec![
+            Column::new("claim".into(), c_s(&|c| c.claim.paper.clone())),
+            Column::new("metric".into(), c_s(&|c| c.claim.metric.key().to_string())),
+            Column::new("test".into(), c_s(&|c| c.claim.relation())),
+            Column::new("row_a".into(), c_s(&|c| c.claim.rows().0.to_string())),
+            Column::new("row_b".into(), c_s(&|c| c.claim.rows().1.to_string())),
+            Column::new("mean_a".into(), c_x(&|c| nan_none(c.mean_a))),
+            Column::new("mean_b".into(), c_x(&|c| nan_none(c.mean_b))),
+            Column::new("welch_t".into(), c_x(&|c| c.welch.map(|w| w.t).and_then(nan_none))),
+            Column::new("welch_df".into(), c_x(&|c| c.welch.map(|w| w.df).and_then(nan_none))),
+            Column::new("p_one_sided".into(), c_x(&|c| c.welch.map(|w| w.p_greater))),
+            Column::new("p_two_sided".into(), c_x(&|c| c.welch.map(|w| w.p_two_sided))),
+            Column::new("verdict".into(), c_s(&|c| c.verdict.as_str().to_string())),
+            Column::new("note".into(), c_s(&|c| c.note.clone())),
+        ])?;
+        write_csv(&out.join(format!("{stem}_claims.csv")), &mut df)?;
+    }
+    eprintln!("wrote reports/{stem}.md, reports/{stem}.csv{}", if claims.is_empty() { "" } else { " and the claims CSV" });
+    for c in &claims {
+        eprintln!("  claim: {} [{}]: {}", c.claim.paper, c.claim.metric.key(), c.verdict.as_str());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -388,51 +789,73 @@ title: "test table"
 metric: mIoU
 paper_columns:
   - {key: coco, title: "COCO-Stuff"}
-  - {key: cityscapes, title: "Cityscapes"}
 base: {data: {dataset_mode: synthetic}}
 profiles:
-  smoke: {description: d, scale: s}
+  smoke: {description: d, scale: s, seeds: 3, set: [train.max_iters=2]}
+claims:
+  - {better: spade, worse: crn, paper: "SPADE above CRN", source: "Table 1"}
+  - {similar: [spade, crn], paper: "close", source: "none", margin: 1.0}
+  - {better: spade, worse: crn, metric: fd_evaluator, paper: "closer", source: "Table 1"}
 rows:
   - id: crn
     method: "CRN"
-    paper: {coco: {miou: 23.7, accu: 40.4, fid: 70.4}, cityscapes: {miou: 52.4, accu: 77.1, fid: 104.7}}
+    paper: {coco: {miou: 23.7, accu: 40.4, fid: 70.4}}
+    set: [model.netG=crn]
   - id: sims
     method: "SIMS"
     not_run: "SIMS is not implemented"
-    paper: {cityscapes: {miou: 47.2, accu: 75.5, fid: 49.7}}
   - id: spade
     method: "SPADE, with a comma"
     paper: {coco: {miou: 37.4, accu: 67.9, fid: 22.6}}
 "#;
 
-    fn write_run(dir: &Path, miou: f64, objective: &str) {
-        std::fs::create_dir_all(dir).unwrap();
-        let w = |name: &str, v: Value| std::fs::write(dir.join(name), v.to_string()).unwrap();
-        w(
-            "row.json",
-            serde_json::json!({"profile": "smoke", "dataset": "synthetic", "profile_scale": "s", "iterations": 2, "train_wall_s": 1.5, "eval_wall_s": 0.5}),
-        );
-        w(
-            "run.json",
-            serde_json::json!({"git_revision": "abc", "device": "Cpu", "parameters_G": 1234, "objective": objective}),
-        );
-        w(
-            "metrics.json",
-            serde_json::json!({"samples": 4, "fid": {"value": null, "unavailable": "no weights"},
-            "segmentation": {"generated": {"dontcare_ignore": {"mIoU": miou, "accuracy": 0.5}, "dontcare_count": {"mIoU": miou}},
-                             "real_images": {"dontcare_ignore": {"mIoU": 0.9}}}}),
-        );
-        std::fs::write(dir.join("losses.jsonl"), "{\"iter\": 0, \"losses\": {\"L1_pixel\": 0.4}}\n").unwrap();
+    /// Writes a finished run where the store expects `row`'s `seed`.
+    fn write_run(root: &Path, t: &TableFile, row: &str, seed: u64, miou: f64, fd: f64) {
+        let args = crate::reproduce::Args::for_report("t1", "smoke", "synthetic");
+        let profile = &t.profiles["smoke"];
+        let row = t.rows.iter().find(|r| r.id == row).unwrap();
+        let (dir, cfg) = run_dir_for_in(root, t, profile, row, &args, seed).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), cfg.to_yaml()).unwrap();
+        let info = RowInfo {
+            table: "t1".into(),
+            row: row.id.clone(),
+            profile: "smoke".into(),
+            profile_scale: "s".into(),
+            dataset: "synthetic".into(),
+            seed,
+            iterations: 2,
+            train_wall_s: 1.5,
+            eval_wall_s: 0.5,
+            config_sha256: "x".into(),
+            key: "k".into(),
+            code_revision: "rev1".into(),
+            git_revision: "abc".into(),
+        };
+        std::fs::write(dir.join("row.json"), serde_json::to_string(&info).unwrap()).unwrap();
+        std::fs::write(dir.join("run.json"), serde_json::json!({"objective": "GAN"}).to_string()).unwrap();
+        std::fs::write(
+            dir.join("metrics.json"),
+            serde_json::json!({"parameters_G": 1234, "fid": {"value": null, "unavailable": "no weights"},
+                "fd_evaluator": {"value": fd}, "uniform_maps": {"pixel_accuracy": 0.5, "real_images_pixel_accuracy": 0.9},
+                "diversity": {"value": 0.0},
+                "segmentation": {"generated": {"dontcare_ignore": {"mIoU": miou, "accuracy": 0.5}},
+                                 "real_images": {"dontcare_ignore": {"mIoU": 0.9, "accuracy": 0.95}}}})
+            .to_string(),
+        )
+        .unwrap();
     }
 
     #[test]
-    fn csv_from_the_dataframe_has_the_header_and_rows() {
+    fn report_aggregates_seeds_and_judges_claims() {
         let t: TableFile = serde_yaml_ng::from_str(TABLE).unwrap();
         let root = tempfile::tempdir().unwrap();
-        let runs = runs_dir_in(root.path(), "t1", "smoke");
-        write_run(&runs.join("crn"), 0.25, "L1 pixel regression (no VGG19 weights)");
-        write_run(&runs.join("spade"), 0.5, "GAN (hinge) + feature matching");
-        build_in(root.path(), &t, "smoke").unwrap();
+        for (seed, (a, b)) in [(0.30, 0.50), (0.32, 0.52), (0.31, 0.54)].into_iter().enumerate() {
+            write_run(root.path(), &t, "crn", seed as u64, a, 20.0 + seed as f64);
+            write_run(root.path(), &t, "spade", seed as u64, b, 10.0 + seed as f64);
+        }
+        let args = crate::reproduce::Args::for_report("t1", "smoke", "synthetic");
+        build_in(root.path(), &t, &args).unwrap();
         let path = root.path().join("reports/t1-smoke.csv");
         let df = CsvReadOptions::default()
             .with_has_header(true)
@@ -441,72 +864,71 @@ rows:
             .finish()
             .unwrap();
         let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-        assert_eq!(
-            names,
-            [
-                "row",
-                "method",
-                "status",
-                "objective",
-                "profile",
-                "dataset",
-                "params_G",
-                "paper_params",
-                "miou_generated",
-                "accuracy_generated",
-                "miou_generated_count_dontcare",
-                "miou_real_images",
-                "fid",
-                "paper_coco_miou",
-                "paper_coco_accu",
-                "paper_coco_fid",
-                "paper_cityscapes_miou",
-                "paper_cityscapes_accu",
-                "paper_cityscapes_fid",
-                "iterations",
-                "train_wall_s",
-                "eval_wall_s",
-            ],
-            "{df}"
-        );
+        for c in [
+            "row",
+            "method",
+            "seeds",
+            "miou_mean",
+            "miou_ci95",
+            "accuracy_mean",
+            "accuracy_ci95",
+            "uniform_accuracy_mean",
+            "fd_evaluator_mean",
+            "fid_mean",
+            "segmenter_real_miou",
+            "status",
+        ] {
+            assert!(names.iter().any(|n| n == c), "column {c} missing: {names:?}");
+        }
         assert_eq!(df.height(), 3, "{df}");
         let text = |c: &str, i: usize| df.column(c).unwrap().get(i).unwrap().get_str().map(String::from);
         let num = |c: &str, i: usize| df.column(c).unwrap().get(i).unwrap().extract::<f64>();
         assert_eq!(text("row", 0).as_deref(), Some("crn"));
         assert_eq!(text("status", 1).as_deref(), Some("not run: SIMS is not implemented"));
-        assert_eq!(text("method", 2).as_deref(), Some("SPADE, with a comma"));
-        assert_eq!(num("miou_generated", 0), Some(0.25));
-        assert_eq!(num("miou_generated", 1), None, "a row not run has no measured value");
-        assert_eq!(num("paper_cityscapes_fid", 1), Some(49.7));
-        assert_eq!(num("paper_coco_miou", 1), None);
-        assert_eq!(num("fid", 2), None, "unavailable FID stays empty");
-        assert_eq!(num("params_G", 2), Some(1234.0));
-        assert!(text("objective", 0).unwrap().starts_with("L1 pixel regression"));
+        assert_eq!(num("seeds", 2), Some(3.0));
+        assert!((num("miou_mean", 2).unwrap() - 52.0).abs() < 1e-9, "{df}");
+        // sd of 50, 52, 54 is 2; t(0.975, 2) = 4.3027.
+        assert!((num("miou_ci95", 2).unwrap() - 4.302_652_73 * 2.0 / 3f64.sqrt()).abs() < 1e-6, "{df}");
+        assert_eq!(num("fid_mean", 2), None, "unavailable FID stays empty");
+        assert_eq!(num("segmenter_real_miou", 0), Some(90.0));
+        assert_eq!(num("paper_coco_fid", 2), Some(22.6));
 
         let md = std::fs::read_to_string(root.path().join("reports/t1-smoke.md")).unwrap();
         assert!(md.contains("| SIMS | not run: SIMS is not implemented |"), "{md}");
-        assert!(md.contains("| - | 47.2 / 75.5 / 49.7 |"), "{md}");
-        assert_eq!(md.matches("not run").count(), 1, "{md}");
-        assert!(md.contains("| 23.7 / 40.4 / 70.4 | 52.4 / 77.1 / 104.7 |"), "{md}");
-        assert!(md.contains("L1 pixel regression"), "{md}");
+        assert!(md.contains("52.0 ± 5.0"), "{md}");
+        assert!(md.contains("code revision(s) `rev1`"), "{md}");
+        let claims = std::fs::read_to_string(root.path().join("reports/t1-smoke_claims.csv")).unwrap();
+        let lines: Vec<&str> = claims.lines().collect();
+        assert_eq!(lines.len(), 4, "{claims}");
+        assert!(lines[1].ends_with(",reproduced,"), "{claims}");
+        assert!(lines[2].contains(",not reproduced,"), "the rows differ by 21 points, far outside ±1: {claims}");
+        assert!(lines[3].contains(",reproduced,"), "lower FD is better: {claims}");
     }
 
     #[test]
-    fn table_files_parse_and_table1_marks_sims_not_run() {
-        for name in ["table1", "table3", "table4", "table5"] {
+    fn table_files_parse_with_their_claims() {
+        for name in ["table1", "table3", "table4", "table5", "ablation_spade_norm", "multimodal"] {
             let t = load_table(name).unwrap();
-            assert!(!t.profiles.is_empty(), "{name}");
+            assert!(t.profiles.contains_key("smoke") && t.profiles.contains_key("mini"), "{name}");
+            assert!(t.profiles["mini"].seeds >= 3, "{name}: the mini profile runs at least 3 seeds");
+            assert!(!t.claims.is_empty(), "{name} has claims");
+            for c in &t.claims {
+                let (a, b) = c.rows();
+                for id in [a, b] {
+                    assert!(t.rows.iter().any(|r| r.id == id), "{name}: claim names row {id}, which the table lacks");
+                }
+            }
         }
         let t = load_table("table1").unwrap();
         let ids: Vec<&str> = t.rows.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["crn", "sims", "pix2pixhd", "spade"]);
-        let sims = &t.rows[1];
-        assert_eq!(sims.not_run.as_deref(), Some("SIMS is not implemented"));
-        assert_eq!(paper_part(sims, "cityscapes", "fid"), Some(49.7));
+        assert_eq!(t.rows[1].not_run.as_deref(), Some("SIMS is not implemented"));
+        assert_eq!(paper_part(&t.rows[1], "cityscapes", "fid"), Some(49.7));
         assert_eq!(paper_part(&t.rows[3], "coco", "miou"), Some(37.4));
-        // The table-3 style: a number is the mIoU.
         let t3 = load_table("table3").unwrap();
         assert!(!paper_triples(&t3));
         assert_eq!(paper_csv_columns(&t3).iter().map(|c| c.2.as_str()).collect::<Vec<_>>(), ["paper_coco_miou"]);
+        assert_eq!(report_stem("table3", "mini", "synthetic"), "table3");
+        assert_eq!(report_stem("table3", "smoke", "coco-stuff"), "table3-smoke-coco-stuff");
     }
 }

@@ -1,5 +1,11 @@
-//! `cargo xtask reproduce <table>`: every row of `experiments/<table>.yaml` trained (or reused
-//! when a finished run has the same resolved config), evaluated, and reported.
+//! `cargo xtask reproduce <table>`: every row of `experiments/<table>.yaml` trained with each
+//! seed (or reused when a finished run has the same resolved config, evaluator and code
+//! revision), evaluated, and reported.
+//!
+//! Runs live in a store shared by all tables of a profile and dataset,
+//! `runs/<dataset>-<profile>/<key>/`, where `key` hashes the run's resolved config (seed
+//! included) and its evaluator's settings: rows of different tables with the same config are
+//! one run. Each run's `row.json` ([`RowInfo`]) records the code revision it was made at.
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
@@ -32,6 +38,52 @@ pub struct Args {
     /// Extra overrides for every row (`--set train.lr=0.0001`).
     #[arg(long = "set")]
     pub sets: Vec<String>,
+    /// Seeds per row (`train.seed` 0..N); default: the profile's `seeds`.
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Reuse finished runs made at another code revision (the report then names each row's
+    /// revisions). Without it, such runs are retrained.
+    #[arg(long)]
+    pub allow_other_revisions: bool,
+}
+
+impl Args {
+    /// The arguments of a report over the runs on disk.
+    pub fn for_report(table: &str, profile: &str, dataset: &str) -> Self {
+        Args {
+            table: table.into(),
+            profile: profile.into(),
+            dataset: dataset.into(),
+            data_root: None,
+            rows: Vec::new(),
+            fresh: false,
+            sets: Vec::new(),
+            seeds: None,
+            allow_other_revisions: true,
+        }
+    }
+}
+
+/// What a finished run of the store records beside its config and metrics (`row.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RowInfo {
+    /// The table and row that first asked for this run (other rows may share it).
+    pub table: String,
+    pub row: String,
+    pub profile: String,
+    pub profile_scale: String,
+    pub dataset: String,
+    pub seed: u64,
+    pub iterations: usize,
+    pub train_wall_s: f64,
+    pub eval_wall_s: f64,
+    pub config_sha256: String,
+    /// The run's store key (config and evaluator).
+    pub key: String,
+    /// Hash of the source trees the numbers depend on ([`code_revision`]).
+    pub code_revision: String,
+    /// `git rev-parse HEAD` when it ran (`-dirty` with uncommitted changes).
+    pub git_revision: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +104,9 @@ pub struct TableFile {
     /// Ablations: every combination of these overrides becomes a row (after `rows`).
     #[serde(default)]
     pub grid: BTreeMap<String, Vec<serde_yaml_ng::Value>>,
+    /// The claims the paper makes of this table, judged by the report.
+    #[serde(default)]
+    pub claims: Vec<crate::report::Claim>,
 }
 
 impl TableFile {
@@ -106,6 +161,13 @@ pub struct Profile {
     #[serde(default)]
     pub segmenter: Option<SegmenterSpec>,
     pub compact_ngf: Option<usize>,
+    /// Seeds per row by default (`--seeds` overrides).
+    #[serde(default = "one")]
+    pub seeds: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +208,7 @@ pub fn load_table(name: &str) -> Result<TableFile> {
 }
 
 /// The resolved experiment of one row under a profile and dataset.
-pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> Result<ExperimentConfig> {
+pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args, seed: u64) -> Result<ExperimentConfig> {
     let base = serde_yaml_ng::to_string(&t.base)?;
     let mut sets = profile.set.clone();
     if args.dataset != "synthetic" {
@@ -160,7 +222,7 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> R
         let root = args.data_root.as_ref().context("--dataset needs --data-root")?;
         sets.push(format!("data.dataset_mode={mode}"));
         sets.push(format!("data.dataroot={}", root.display()));
-        sets.retain(|s| !s.starts_with("data.synthetic_count"));
+        sets.retain(|s| !s.starts_with("data.synthetic_"));
     }
     sets.extend(row.set.iter().cloned());
     if row.compact {
@@ -168,8 +230,70 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> R
         sets.push(format!("model.ngf={ngf}"));
     }
     sets.extend(args.sets.iter().cloned());
-    sets.push(format!("name={}/{}", t.table, row.id));
+    // One name for every run, so that equal configs of different tables are one run.
+    sets.push("name=run".into());
+    sets.push(format!("train.seed={seed}"));
     Ok(ExperimentConfig::from_yaml(&base, &sets).with_context(|| format!("row {}", row.id))?)
+}
+
+/// The dataset name used in run and report paths.
+pub fn dataset_key(args: &Args) -> String {
+    args.dataset.clone()
+}
+
+/// The seeds of a job: `--seeds`, else the profile's.
+pub fn seed_count(args: &Args, profile: &Profile) -> usize {
+    args.seeds.unwrap_or(profile.seeds).max(1)
+}
+
+/// The store key of a run: its resolved config and the evaluator's settings.
+pub fn run_key(cfg_yaml: &str, profile: &Profile) -> String {
+    let seg = serde_json::to_string(&profile.segmenter).unwrap_or_default();
+    sha256(format!("{cfg_yaml}\n--- evaluator v2\n{seg}").as_bytes())[..16].to_string()
+}
+
+/// The run directory of `row` with `seed` in the store under `root`, and its config.
+pub fn run_dir_for_in(
+    root: &Path,
+    t: &TableFile,
+    profile: &Profile,
+    row: &Row,
+    args: &Args,
+    seed: u64,
+) -> Result<(PathBuf, ExperimentConfig)> {
+    let cfg = row_config(t, profile, row, args, seed)?;
+    let key = run_key(&cfg.to_yaml(), profile);
+    Ok((store_dir(root, &args.profile, &dataset_key(args)).join(key), cfg))
+}
+
+/// The source trees whose code produces a run's numbers.
+const RESULT_SOURCES: [&str; 6] =
+    ["crates/spade-io", "crates/spade-data", "crates/spade-models", "crates/spade-metrics", "crates/spade-train", "Cargo.lock"];
+
+/// The code revision of the numbers: a hash of the git tree ids of [`RESULT_SOURCES`] at HEAD,
+/// plus the diff of their uncommitted changes. Commits that touch only other parts (the CLI,
+/// xtask, docs) keep it; any change to the code that trains or scores changes it.
+pub fn code_revision(root: &Path) -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let o = std::process::Command::new("git").current_dir(root).args(args).output().ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let mut text = String::new();
+    for src in RESULT_SOURCES {
+        match git(&["rev-parse", &format!("HEAD:{src}")]) {
+            Some(id) => text.push_str(&id),
+            None => return "unknown (not a git checkout)".into(),
+        }
+    }
+    let mut diff_args = vec!["diff", "HEAD", "--"];
+    diff_args.extend(RESULT_SOURCES);
+    let diff = git(&diff_args).unwrap_or_default();
+    let rev = sha256(text.as_bytes())[..12].to_string();
+    if diff.is_empty() {
+        rev
+    } else {
+        format!("{rev}+dirty-{}", &sha256(diff.as_bytes())[..8])
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -187,11 +311,13 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--rows {:?} selects no row of {}", args.rows, args.table);
     }
     let root = workspace_root();
-    let runs = runs_dir(&t.table, &args.profile);
-    std::fs::create_dir_all(&runs)?;
+    let store = store_dir(&root, &args.profile, &dataset_key(&args));
+    std::fs::create_dir_all(&store)?;
+    let code_rev = code_revision(&root);
+    let git_rev = spade_train::run::git_revision();
     let device = Device::Cpu;
     let segmenter = if args.dataset == "synthetic" {
-        let spec = profile.segmenter.context("the profile has no segmenter settings for the synthetic dataset")?;
+        let spec = profile.segmenter.clone().context("the profile has no segmenter settings for the synthetic dataset")?;
         eprintln!("segmenter: loading or training the synthetic segmentation network ({} iterations)", spec.iterations);
         Some(SyntheticSegmenter::load_or_train(&root.join("runs/cache"), spec, &device, true)?)
     } else {
@@ -205,21 +331,39 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("{}: not run: {}", row.id, row.not_run.as_deref().unwrap_or(""));
     }
     let rows: Vec<&Row> = rows.into_iter().filter(|r| r.not_run.is_none()).collect();
-    let job = JobBar::new(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        job.start_row(i, row);
-        let cfg = row_config(&t, profile, row, &args)?;
-        let dir = runs.join(&row.id);
+    let seeds = seed_count(&args, profile);
+    let jobs: Vec<(&Row, u64)> = rows.iter().flat_map(|r| (0..seeds as u64).map(move |s| (*r, s))).collect();
+    let job = JobBar::new(jobs.len());
+    for (i, (row, seed)) in jobs.iter().enumerate() {
+        let (row, seed) = (*row, *seed);
+        job.start_row(i, row, seed);
+        let (dir, cfg) = run_dir_for_in(&root, &t, profile, row, &args, seed)?;
         let yaml = cfg.to_yaml();
+        let info: Option<RowInfo> = std::fs::read_to_string(dir.join("row.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
         let finished = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref() == Some(yaml.as_str())
             && dir.join("metrics.json").is_file()
-            && dir.join("row.json").is_file();
-        if finished && !args.fresh {
-            job.println(format!("{}: reusing the finished run with the same config", row.id));
-            job.row_done(i);
-            // A reused row takes no time: keep it out of the job's speed estimate.
-            job.bar.reset_eta();
-            continue;
+            && info.is_some();
+        if let (true, false, Some(info)) = (finished, args.fresh, &info) {
+            if info.code_revision == code_rev || args.allow_other_revisions {
+                job.println(format!(
+                    "{} seed {seed}: reusing the finished run {} (code revision {})",
+                    row.id,
+                    dir.display(),
+                    info.code_revision
+                ));
+                job.row_done(i);
+                // A reused row takes no time: keep it out of the job's speed estimate.
+                job.bar.reset_eta();
+                continue;
+            }
+            job.println(format!(
+                "{} seed {seed}: the finished run {} was made at code revision {}, not {code_rev}: retraining (--allow-other-revisions reuses it)",
+                row.id,
+                dir.display(),
+                info.code_revision
+            ));
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot clear the old run", dir.display()))?;
@@ -231,23 +375,32 @@ pub fn run(args: Args) -> Result<()> {
             max_iters: None,
             progress: true,
             device: device.clone(),
-            job: Some(job.for_training(i, row)),
+            job: Some(job.for_training(i, row, seed)),
         };
-        let summary = train(&cfg, &ro).with_context(|| format!("training row {}", row.id))?;
+        let summary = train(&cfg, &ro).with_context(|| format!("training row {} seed {seed}", row.id))?;
         let train_s = t0.elapsed().as_secs_f64();
-        job.evaluating(i, row);
+        job.evaluating(i, row, seed);
         let t1 = Instant::now();
         evaluate_run(&dir, &cfg, segmenter.as_ref().map(|s| s as &dyn spade_metrics::Segmenter), None, &device)
-            .with_context(|| format!("evaluating row {}", row.id))?;
-        let row_info = serde_json::json!({
-            "table": t.table, "row": row.id, "method": row.method, "profile": args.profile,
-            "profile_scale": profile.scale, "dataset": args.dataset,
-            "iterations": summary.iterations, "train_wall_s": train_s, "eval_wall_s": t1.elapsed().as_secs_f64(),
-            "config_sha256": sha256(yaml.as_bytes()),
-        });
-        std::fs::write(dir.join("row.json"), serde_json::to_string_pretty(&row_info)?)?;
+            .with_context(|| format!("evaluating row {} seed {seed}", row.id))?;
+        let info = RowInfo {
+            table: t.table.clone(),
+            row: row.id.clone(),
+            profile: args.profile.clone(),
+            profile_scale: profile.scale.clone(),
+            dataset: dataset_key(&args),
+            seed,
+            iterations: summary.iterations,
+            train_wall_s: train_s,
+            eval_wall_s: t1.elapsed().as_secs_f64(),
+            config_sha256: sha256(yaml.as_bytes()),
+            key: dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            code_revision: code_rev.clone(),
+            git_revision: git_rev.clone(),
+        };
+        std::fs::write(dir.join("row.json"), serde_json::to_string_pretty(&info)?)?;
         job.println(format!(
-            "{}: {} iterations in {:.0} s, evaluated in {:.0} s",
+            "{} seed {seed}: {} iterations in {:.0} s, evaluated in {:.0} s",
             row.id,
             summary.iterations,
             train_s,
@@ -256,7 +409,7 @@ pub fn run(args: Args) -> Result<()> {
         job.row_done(i);
     }
     job.finish();
-    crate::report::build(&t, &args.profile)
+    crate::report::build(&t, &args)
 }
 
 /// Progress of the whole job: rows done, the current row's phase and progress (training
@@ -286,20 +439,20 @@ impl JobBar {
         Self { multi, bar, n }
     }
 
-    fn label(&self, i: usize, row: &Row) -> String {
-        format!("row {}/{} {} ({})", i + 1, self.n, row.id, row.method)
+    fn label(&self, i: usize, row: &Row, seed: u64) -> String {
+        format!("run {}/{} {} seed {seed} ({})", i + 1, self.n, row.id, row.method)
     }
 
-    fn start_row(&self, i: usize, row: &Row) {
-        self.bar.set_prefix(format!("rows done {i}/{}", self.n));
-        self.bar.set_message(format!("{}: preparing", self.label(i, row)));
+    fn start_row(&self, i: usize, row: &Row, seed: u64) {
+        self.bar.set_prefix(format!("runs done {i}/{}", self.n));
+        self.bar.set_message(format!("{}: preparing", self.label(i, row, seed)));
         self.bar.set_position(i as u64 * ROW_UNITS);
     }
 
     /// The training run's hook: moves the job bar with the run's iterations.
-    fn for_training(&self, i: usize, row: &Row) -> spade_train::run::JobProgress {
+    fn for_training(&self, i: usize, row: &Row, seed: u64) -> spade_train::run::JobProgress {
         let bar = self.bar.clone();
-        let label = self.label(i, row);
+        let label = self.label(i, row, seed);
         bar.set_message(format!("{label}: training"));
         spade_train::run::JobProgress {
             multi: self.multi.clone(),
@@ -311,14 +464,14 @@ impl JobBar {
         }
     }
 
-    fn evaluating(&self, i: usize, row: &Row) {
+    fn evaluating(&self, i: usize, row: &Row, seed: u64) {
         self.bar.set_position(i as u64 * ROW_UNITS + (TRAIN_SHARE * ROW_UNITS as f64) as u64);
-        self.bar.set_message(format!("{}: evaluating", self.label(i, row)));
+        self.bar.set_message(format!("{}: evaluating", self.label(i, row, seed)));
     }
 
     fn row_done(&self, i: usize) {
         self.bar.set_position((i as u64 + 1) * ROW_UNITS);
-        self.bar.set_prefix(format!("rows done {}/{}", i + 1, self.n));
+        self.bar.set_prefix(format!("runs done {}/{}", i + 1, self.n));
     }
 
     /// A line above the bars; on stderr directly when the bars are hidden (not a terminal,
@@ -337,16 +490,11 @@ impl JobBar {
     }
 }
 
-/// `runs/<table>/<row>` for the default profile (mini), `runs/<table>-<profile>/<row>` otherwise,
-/// so that a CI smoke run never overwrites the runs a report was built from.
-pub fn runs_dir(table: &str, profile: &str) -> PathBuf {
-    runs_dir_in(&workspace_root(), table, profile)
-}
-
-/// [`runs_dir`] under another root.
-pub fn runs_dir_in(root: &Path, table: &str, profile: &str) -> PathBuf {
-    let name = if profile == "mini" { table.to_string() } else { format!("{table}-{profile}") };
-    root.join("runs").join(name)
+/// The run store of a profile and dataset: `root/runs/<dataset>-<profile>/`. CI's smoke runs
+/// never overwrite the runs a mini report was built from, and runs of different datasets are
+/// never mixed.
+pub fn store_dir(root: &Path, profile: &str, dataset: &str) -> PathBuf {
+    root.join("runs").join(format!("{dataset}-{profile}"))
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
