@@ -186,8 +186,14 @@ pub struct Row {
     pub not_run: Option<String>,
 }
 
+/// The workspace the runs, reports and experiments belong to: `SPADE_WORKSPACE_ROOT` when set
+/// (a built xtask run over another checkout, e.g. a worktree frozen at one commit for long
+/// experiments), else the one xtask was built in.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    match std::env::var_os("SPADE_WORKSPACE_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf(),
+    }
 }
 
 /// `experiments/<name>.yaml`, or a path to a table or ablation file.
