@@ -50,7 +50,7 @@ const SERIES: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), R
 
 /// Space for rotated row names under a chart: about 7 px per character at 13 px.
 fn label_area(rows: &[PlotRow]) -> u32 {
-    (rows.iter().map(|r| r.id.len()).max().unwrap_or(4) as u32 * 7 + 20).max(60)
+    (rows.iter().map(|r| r.id.len()).max().unwrap_or(4) as u32 * 8 + 30).max(60)
 }
 
 fn metric_chart<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, rows: &[PlotRow]) -> Result<()>
@@ -80,7 +80,10 @@ where
         .x_labels((n * (k + 1)) as usize)
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(i) if i % (k + 1) == k / 2 && (*i / (k + 1)) < n => {
-                format!("  {}", rows[(*i / (k + 1)) as usize].id)
+                // Rotated labels are centred on the tick: as many leading spaces as characters
+                // put the whole name below the axis.
+                let id = &rows[(*i / (k + 1)) as usize].id;
+                format!("{}{id}", " ".repeat(id.chars().count() + 2))
             }
             _ => String::new(),
         })
