@@ -80,10 +80,10 @@ where
         .x_labels((n * (k + 1)) as usize)
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(i) if i % (k + 1) == k / 2 && (*i / (k + 1)) < n => {
-                // Rotated labels are centred on the tick: as many leading spaces as characters
+                // Rotated labels are centred on the tick: twice as many leading spaces as characters (a space is about half a letter wide)
                 // put the whole name below the axis.
                 let id = &rows[(*i / (k + 1)) as usize].id;
-                format!("{}{id}", " ".repeat(id.chars().count() + 2))
+                format!("{}{id}", " ".repeat(2 * id.chars().count() + 4))
             }
             _ => String::new(),
         })
