@@ -96,13 +96,21 @@ where
             let Some(m) = mean else { continue };
             let x = ri as i32 * (k + 1) + bi as i32;
             let c = SERIES[bi % SERIES.len()];
-            let mut rect = Rectangle::new([(SegmentValue::Exact(x), 0.0), (SegmentValue::Exact(x + 1), *m)], c.filled());
+            let mut rect =
+                Rectangle::new([(SegmentValue::Exact(x), 0.0), (SegmentValue::Exact(x + 1), *m)], c.filled());
             rect.set_margin(0, 0, 2, 2);
             chart.draw_series([rect]).map_err(e)?;
             if let Some(h) = ci {
                 let mid = SegmentValue::CenterOf(x);
                 chart
-                    .draw_series([ErrorBar::new_vertical(mid, (m - h).max(0.0), *m, (m + h).min(105.0), BLACK.stroke_width(2), 8)])
+                    .draw_series([ErrorBar::new_vertical(
+                        mid,
+                        (m - h).max(0.0),
+                        *m,
+                        (m + h).min(105.0),
+                        BLACK.stroke_width(2),
+                        8,
+                    )])
                     .map_err(e)?;
             }
         }
@@ -120,7 +128,11 @@ fn loss_series(dir: &Path, window: usize) -> Vec<(f64, f64, f64)> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| {
             let m = v["losses"].as_object()?;
-            let g: f64 = m.iter().filter(|(k, _)| !k.starts_with("D_") && k.as_str() != "l1_fake_real").filter_map(|(_, v)| v.as_f64()).sum();
+            let g: f64 = m
+                .iter()
+                .filter(|(k, _)| !k.starts_with("D_") && k.as_str() != "l1_fake_real")
+                .filter_map(|(_, v)| v.as_f64())
+                .sum();
             let d: f64 = m.iter().filter(|(k, _)| k.starts_with("D_")).filter_map(|(_, v)| v.as_f64()).sum();
             Some((v["iter"].as_f64()?, g, d))
         })
@@ -306,7 +318,11 @@ fn multimodal_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
             tile.get_or_insert((tw, th));
             for (i, row) in tiles(&g, tw, th).into_iter().enumerate() {
                 ncols = ncols.max(row.len());
-                let name = if file == "style_guided.png" && i == 0 { format!("{} styles", r.id) } else { format!("{} {what}", r.id) };
+                let name = if file == "style_guided.png" && i == 0 {
+                    format!("{} styles", r.id)
+                } else {
+                    format!("{} {what}", r.id)
+                };
                 rows_out.push((name, row));
             }
         }
@@ -330,16 +346,31 @@ pub fn write_all(out_dir: &Path, stem: &str, rows: &[PlotRow]) -> Result<Vec<(St
         let h = 420 + label_area(rows);
         let p = out_dir.join(format!("{stem}_metric.png"));
         metric_chart(BitMapBackend::new(&p, (w.max(700), h)).into_drawing_area(), rows)?;
-        metric_chart(SVGBackend::new(&out_dir.join(format!("{stem}_metric.svg")), (w.max(700), h)).into_drawing_area(), rows)?;
-        written.push((format!("{stem}_metric.png"), "Measured values per row: mean over seeds, error bars the 95% confidence interval.".into()));
+        metric_chart(
+            SVGBackend::new(&out_dir.join(format!("{stem}_metric.svg")), (w.max(700), h)).into_drawing_area(),
+            rows,
+        )?;
+        written.push((
+            format!("{stem}_metric.png"),
+            "Measured values per row: mean over seeds, error bars the 95% confidence interval.".into(),
+        ));
         let p = out_dir.join(format!("{stem}_losses.png"));
         loss_chart(BitMapBackend::new(&p, (1100, 760)).into_drawing_area(), rows)?;
-        loss_chart(SVGBackend::new(&out_dir.join(format!("{stem}_losses.svg")), (1100, 760)).into_drawing_area(), rows)?;
-        written.push((format!("{stem}_losses.png"), "Training losses of each row's seed-0 run: generator (top) and discriminator (bottom), smoothed.".into()));
+        loss_chart(
+            SVGBackend::new(&out_dir.join(format!("{stem}_losses.svg")), (1100, 760)).into_drawing_area(),
+            rows,
+        )?;
+        written.push((
+            format!("{stem}_losses.png"),
+            "Training losses of each row's seed-0 run: generator (top) and discriminator (bottom), smoothed.".into(),
+        ));
     }
     let p = out_dir.join(format!("{stem}_samples.png"));
     if sample_mosaic(rows, &p, font)? {
-        written.push((format!("{stem}_samples.png"), "Validation labels, each row's output (seed 0) in table order, and the real images.".into()));
+        written.push((
+            format!("{stem}_samples.png"),
+            "Validation labels, each row's output (seed 0) in table order, and the real images.".into(),
+        ));
     }
     let p = out_dir.join(format!("{stem}_uniform.png"));
     if uniform_mosaic(rows, &p, font)? {

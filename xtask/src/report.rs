@@ -3,7 +3,9 @@
 //! row.json, losses.jsonl). Per row, the seeds' values are aggregated with polars (mean,
 //! standard deviation, count), the 95% confidence half-width comes from Student's t, and each
 //! claim of the paper's table is judged by Welch's t-test ([`crate::stats`]).
-use crate::reproduce::{load_table, run_dir_for_in, seed_count, store_dir, workspace_root, Profile, Row, RowInfo, TableFile};
+use crate::reproduce::{
+    load_table, run_dir_for_in, seed_count, store_dir, workspace_root, Profile, Row, RowInfo, TableFile,
+};
 use crate::stats::{self, Verdict};
 use anyhow::{Context, Result};
 use polars::prelude::{Column, CsvWriter, DataFrame, SerWriter};
@@ -257,7 +259,12 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
 }
 
 /// The finished runs of every row and seed, from the store under `root`.
-pub fn collect<'a>(root: &Path, t: &'a TableFile, profile: &Profile, args: &crate::reproduce::Args) -> Result<Vec<RowRuns<'a>>> {
+pub fn collect<'a>(
+    root: &Path,
+    t: &'a TableFile,
+    profile: &Profile,
+    args: &crate::reproduce::Args,
+) -> Result<Vec<RowRuns<'a>>> {
     let seeds = seed_count(args, profile);
     let mut out = Vec::new();
     for row in &t.rows {
@@ -266,7 +273,8 @@ pub fn collect<'a>(root: &Path, t: &'a TableFile, profile: &Profile, args: &crat
             for seed in 0..seeds as u64 {
                 let (dir, cfg) = run_dir_for_in(root, t, profile, row, args, seed)?;
                 rr.dirs.push(dir.clone());
-                let done = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref() == Some(cfg.to_yaml().as_str())
+                let done = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref()
+                    == Some(cfg.to_yaml().as_str())
                     && dir.join("metrics.json").is_file()
                     && dir.join("row.json").is_file();
                 if !done {
@@ -504,7 +512,8 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
 
     // ---- markdown
     let mut md = String::new();
-    let dataset_name = if dataset == "synthetic" { "the built-in synthetic dataset".to_string() } else { dataset.clone() };
+    let dataset_name =
+        if dataset == "synthetic" { "the built-in synthetic dataset".to_string() } else { dataset.clone() };
     writeln!(md, "# {} — {dataset_name}, profile {}\n", t.title, args.profile)?;
     let revisions: std::collections::BTreeSet<String> =
         rows.iter().flat_map(|r| r.runs.iter().map(|x| x.info.code_revision.clone())).collect();
@@ -531,7 +540,8 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
     if let Some(run) = first {
         let real_miou = run.metrics.real("mIoU").map(|x| 100.0 * x);
         let real_acc = run.metrics.real("accuracy").map(|x| 100.0 * x);
-        let real_uniform = run.metrics.uniform_maps.as_ref().and_then(|u| u.real_images_pixel_accuracy).map(|x| 100.0 * x);
+        let real_uniform =
+            run.metrics.uniform_maps.as_ref().and_then(|u| u.real_images_pixel_accuracy).map(|x| 100.0 * x);
         let f = |x: Option<f64>| x.map(|x| format!("{x:.1}%")).unwrap_or_else(|| "unavailable".into());
         writeln!(
             md,
@@ -567,13 +577,18 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
             writeln!(md, "| {} |", cells.join(" | "))?;
             continue;
         }
-        let mut cells =
-            vec![r.row.method.clone(), r.runs.len().to_string(), r.runs[0].metrics.parameters_g.map(fmt_params).unwrap_or_default()];
+        let mut cells = vec![
+            r.row.method.clone(),
+            r.runs.len().to_string(),
+            r.runs[0].metrics.parameters_g.map(fmt_params).unwrap_or_default(),
+        ];
         for (k, m) in Metric::ALL.iter().enumerate() {
             let (mu, sd, n) = s[k];
             cells.push(match (nan_none(mu), n) {
                 (None, _) => "unavailable".into(),
-                (Some(mu), n) if n >= 2 && sd.is_finite() => format!("{} ± {}", m.format(mu), m.format(stats::ci95(sd, n))),
+                (Some(mu), n) if n >= 2 && sd.is_finite() => {
+                    format!("{} ± {}", m.format(mu), m.format(stats::ci95(sd, n)))
+                }
                 (Some(mu), _) => m.format(mu),
             });
         }
@@ -631,7 +646,11 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
             head.push("#param".into());
         }
         for c in &t.paper_columns {
-            head.push(if triples { format!("{} (mIoU / accu / FID)", c.title) } else { format!("{} {}", c.title, t.metric) });
+            head.push(if triples {
+                format!("{} (mIoU / accu / FID)", c.title)
+            } else {
+                format!("{} {}", c.title, t.metric)
+            });
         }
         writeln!(md, "| {} |\n|{}", head.join(" | "), "---|".repeat(head.len()))?;
         for r in &t.rows {
@@ -703,7 +722,10 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
         Column::new("profile".into(), s_col(&|_| Some(args.profile.clone()))),
         Column::new("seeds".into(), rows.iter().map(|r| r.runs.len() as u64).collect::<Vec<_>>()),
         Column::new("status".into(), s_col(&|r| Some(r.status(seeds)))),
-        Column::new("params_G".into(), rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.parameters_g)).collect::<Vec<_>>()),
+        Column::new(
+            "params_G".into(),
+            rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.parameters_g)).collect::<Vec<_>>(),
+        ),
         Column::new("objective".into(), s_col(&|r| r.runs.first().and_then(|x| x.objective.clone()))),
     ];
     for (k, m) in Metric::ALL.iter().enumerate() {
@@ -737,7 +759,10 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
     cols.push(Column::new(
         "train_wall_s_mean".into(),
         rows.iter()
-            .map(|r| (!r.runs.is_empty()).then(|| r.runs.iter().map(|x| x.info.train_wall_s).sum::<f64>() / r.runs.len() as f64))
+            .map(|r| {
+                (!r.runs.is_empty())
+                    .then(|| r.runs.iter().map(|x| x.info.train_wall_s).sum::<f64>() / r.runs.len() as f64)
+            })
             .collect::<Vec<_>>(),
     ));
     cols.push(Column::new(
@@ -771,7 +796,10 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
         ])?;
         write_csv(&out.join(format!("{stem}_claims.csv")), &mut df)?;
     }
-    eprintln!("wrote reports/{stem}.md, reports/{stem}.csv{}", if claims.is_empty() { "" } else { " and the claims CSV" });
+    eprintln!(
+        "wrote reports/{stem}.md, reports/{stem}.csv{}",
+        if claims.is_empty() { "" } else { " and the claims CSV" }
+    );
     for c in &claims {
         eprintln!("  claim: {} [{}]: {}", c.claim.paper, c.claim.metric.key(), c.verdict.as_str());
     }

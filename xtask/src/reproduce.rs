@@ -273,8 +273,14 @@ pub fn run_dir_for_in(
 }
 
 /// The source trees whose code produces a run's numbers.
-const RESULT_SOURCES: [&str; 6] =
-    ["crates/spade-io", "crates/spade-data", "crates/spade-models", "crates/spade-metrics", "crates/spade-train", "Cargo.lock"];
+const RESULT_SOURCES: [&str; 6] = [
+    "crates/spade-io",
+    "crates/spade-data",
+    "crates/spade-models",
+    "crates/spade-metrics",
+    "crates/spade-train",
+    "Cargo.lock",
+];
 
 /// The code revision of the numbers: a hash of the git tree ids of [`RESULT_SOURCES`] at HEAD,
 /// plus the diff of their uncommitted changes. Commits that touch only other parts (the CLI,
@@ -323,7 +329,8 @@ pub fn run(args: Args) -> Result<()> {
     let git_rev = spade_train::run::git_revision();
     let device = Device::Cpu;
     let segmenter = if args.dataset == "synthetic" {
-        let spec = profile.segmenter.clone().context("the profile has no segmenter settings for the synthetic dataset")?;
+        let spec =
+            profile.segmenter.clone().context("the profile has no segmenter settings for the synthetic dataset")?;
         eprintln!("segmenter: loading or training the synthetic segmentation network ({} iterations)", spec.iterations);
         Some(SyntheticSegmenter::load_or_train(&root.join("runs/cache"), spec, &device, true)?)
     } else {
@@ -345,9 +352,8 @@ pub fn run(args: Args) -> Result<()> {
         job.start_row(i, row, seed);
         let (dir, cfg) = run_dir_for_in(&root, &t, profile, row, &args, seed)?;
         let yaml = cfg.to_yaml();
-        let info: Option<RowInfo> = std::fs::read_to_string(dir.join("row.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok());
+        let info: Option<RowInfo> =
+            std::fs::read_to_string(dir.join("row.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
         let finished = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref() == Some(yaml.as_str())
             && dir.join("metrics.json").is_file()
             && info.is_some();

@@ -115,7 +115,14 @@ fn open_segmenter(
                 data.dataset_mode
             );
             let size = data.resolve()?.preprocess.crop_size;
-            let spec = SegmenterSpec { size, iterations: args.segmenter_iterations, batch_size: 8, seed: 0, style: None, uniform: 0.0 };
+            let spec = SegmenterSpec {
+                size,
+                iterations: args.segmenter_iterations,
+                batch_size: 8,
+                seed: 0,
+                style: None,
+                uniform: 0.0,
+            };
             Some(Box::new(SyntheticSegmenter::load_or_train(&args.cache_dir, spec, device, true)?))
         }
         "deeplabv2" => {

@@ -50,7 +50,9 @@ fn trained_encoder_makes_the_style_image_matter() {
     let d = tmp.path();
     image::GrayImage::from_fn(32, 32, |_, y| image::Luma([if y < 14 { 0 } else { 8 }])).save(d.join("l.png")).unwrap();
     image::GrayImage::from_fn(32, 32, |_, y| image::Luma([if y < 14 { 0 } else { 8 }])).save(d.join("i.png")).unwrap();
-    image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([(x * 6) as u8, 40, (y * 6) as u8])).save(d.join("s1.png")).unwrap();
+    image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([(x * 6) as u8, 40, (y * 6) as u8]))
+        .save(d.join("s1.png"))
+        .unwrap();
     image::RgbImage::from_fn(40, 40, |_, _| image::Rgb([250, 240, 20])).save(d.join("s2.png")).unwrap();
     let synth = |style: &str, out: &str| {
         let o = spade(&[
@@ -70,7 +72,12 @@ fn trained_encoder_makes_the_style_image_matter() {
             "--raw",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        candle_core::Tensor::read_npy(d.join(out).join("l.npy")).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        candle_core::Tensor::read_npy(d.join(out).join("l.npy"))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     };
     let a = synth("s1.png", "a");
     let a2 = synth("s1.png", "a2");

@@ -711,10 +711,9 @@ fn full_frame_object(class: u8, aspect: f32) -> Object {
     let (shape, tint) = match class {
         HOUSE => (Shape::Wall { x0: 0.0, x1: aspect, top: 0.0, base: 1.0, cols: 4, rows: 3 }, [0.92, 0.9, 0.85]),
         ROOF => (Shape::Roof { cx: aspect / 2.0, top: 1.0, half_w: aspect, height: 1.0 }, [0.6, 0.18, 0.12]),
-        TREE => (
-            Shape::RoundTree { cx: -10.0, base: 0.0, trunk_w: 0.0, trunk_h: 0.0, crown: [e[0], e[0], e[0]] },
-            [0.5; 3],
-        ),
+        TREE => {
+            (Shape::RoundTree { cx: -10.0, base: 0.0, trunk_w: 0.0, trunk_h: 0.0, crown: [e[0], e[0], e[0]] }, [0.5; 3])
+        }
         BUSH | ROCK => (Shape::Mound { cx: aspect / 2.0, base: 1.0, rx: aspect, ry: 1.0 }, [1.0; 3]),
         _ => (Shape::Blob { n: 1, e }, [0.95; 3]),
     };
@@ -727,11 +726,7 @@ fn render(style: Option<Style>, uniform: Option<u8>, seed: u64, index: u64, widt
     let aspect = w as f32 / h as f32;
     let mut layout = make_layout(hash_seed(&[seed, index, 0x5ce7e]), aspect, style);
     if let Some(c) = uniform {
-        layout.objects = if is_object_class(c) {
-            vec![full_frame_object(c, aspect)]
-        } else {
-            Vec::new()
-        };
+        layout.objects = if is_object_class(c) { vec![full_frame_object(c, aspect)] } else { Vec::new() };
     }
     let inv_h = 1.0 / h as f32;
 

@@ -298,7 +298,8 @@ fn uniform_maps(
     let mut tiles = Vec::new();
     let to01 = |x: &Tensor| -> candle_core::Result<Tensor> { ((x + 1.0)? / 2.0)?.clamp(0f32, 1f32) };
     for c in 0..NUM_CLASSES {
-        let scene = generate_uniform(c as u8, data.synthetic_scene.style, data.synthetic_seed, (1 << 41) + c as u64, w, h);
+        let scene =
+            generate_uniform(c as u8, data.synthetic_scene.style, data.synthetic_seed, (1 << 41) + c as u64, w, h);
         let sample = scene_sample(scene);
         let (sem, real) = crate::run::batch_tensors(std::slice::from_ref(&sample), spec, device)?;
         let sem = sem.repeat((runs, 1, 1, 1))?;
@@ -340,7 +341,9 @@ fn diversity(
 ) -> Result<serde_json::Value> {
     let name = "mean pairwise L1 distance between outputs for the same label (pixels in [0, 1])";
     if !g.uses_z() {
-        return Ok(serde_json::json!({"value": 0.0, "name": name, "note": "the generator takes no z: one output per label"}));
+        return Ok(
+            serde_json::json!({"value": 0.0, "name": name, "note": "the generator takes no z: one output per label"}),
+        );
     }
     let ds = spade_data::open(data)?;
     let k = eval.diversity_z.max(2);
@@ -386,7 +389,8 @@ fn style_guided(
         return Ok(());
     }
     // Style images from the end of the split, so that they are not the labels' own photos.
-    let styles: Vec<spade_data::Sample> = (0..n).map(|i| ds.load(ds.len() - 1 - i * 7 % ds.len(), 0)).collect::<std::result::Result<_, _>>()?;
+    let styles: Vec<spade_data::Sample> =
+        (0..n).map(|i| ds.load(ds.len() - 1 - i * 7 % ds.len(), 0)).collect::<std::result::Result<_, _>>()?;
     let (_, style_imgs) = crate::run::batch_tensors(&styles, spec, device)?;
     let (mu, _logvar) = e.forward_t(&style_imgs, false)?;
     let mut rows = Vec::new();

@@ -29,7 +29,10 @@ pub struct SegmenterSpec {
 
 impl SegmenterSpec {
     pub fn cache_name(&self) -> String {
-        let mut name = format!("synthetic_segmenter_v2_s{}_it{}_b{}_seed{}", self.size, self.iterations, self.batch_size, self.seed);
+        let mut name = format!(
+            "synthetic_segmenter_v2_s{}_it{}_b{}_seed{}",
+            self.size, self.iterations, self.batch_size, self.seed
+        );
         if let Some(st) = &self.style {
             name.push_str(&format!("_style-{st}"));
         }
