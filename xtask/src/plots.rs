@@ -255,12 +255,16 @@ fn open_rgb(p: &Path) -> Option<image::RgbImage> {
     image::open(p).ok().map(|i| i.to_rgb8())
 }
 
+/// (row id, `eval_samples/<file>` of its seed-0 run) for the rows that have it.
+fn seed0_images(rows: &[PlotRow], file: &str) -> Vec<(String, image::RgbImage)> {
+    rows.iter()
+        .filter_map(|r| Some((r.id.clone(), open_rgb(&r.dirs.first()?.join("eval_samples").join(file))?)))
+        .collect()
+}
+
 /// Labels | each row's output (seed 0) | real, for the first validation samples.
 fn sample_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
-    let grids: Vec<(String, image::RgbImage)> = rows
-        .iter()
-        .filter_map(|r| Some((r.id.clone(), open_rgb(&r.dirs.first()?.join("eval_samples/grid.png"))?)))
-        .collect();
+    let grids = seed0_images(rows, "grid.png");
     let Some((_, first)) = grids.first() else { return Ok(false) };
     let tw = first.width() / 3;
     let n = (first.height() / tw.max(1)) as usize;
@@ -283,10 +287,7 @@ fn sample_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
 /// The wash-away test: per row, the generated single-class images (seed 0), class by class;
 /// the label colours first and the real single-class images last.
 fn uniform_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
-    let grids: Vec<(String, image::RgbImage)> = rows
-        .iter()
-        .filter_map(|r| Some((r.id.clone(), open_rgb(&r.dirs.first()?.join("eval_samples/uniform.png"))?)))
-        .collect();
+    let grids = seed0_images(rows, "uniform.png");
     let Some((_, first)) = grids.first() else { return Ok(false) };
     let tw = first.width() / 3;
     let classes = spade_data::synthetic::CLASS_NAMES;
