@@ -40,7 +40,7 @@ pub enum DataError {
 
     /// An image larger than the pixel cap (`pngio::max_image_pixels`), refused from its header.
     #[error(
-        "{}: {kind} image of {width}x{height} pixels is larger than the limit of {max} pixels; \
+        "{}: {kind} file of {width}x{height} pixels is larger than the limit of {max} pixels; \
          raise it with SPADE_MAX_IMAGE_PIXELS=N if the file is genuine",
         path.display()
     )]

@@ -90,7 +90,7 @@ fn deep_nesting_is_refused_early() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("deep.pth");
     zip_file(&p, &pkl, &[], true);
-    expect_error(&p, &["nested at most 256 deep", "byte 259 of archive/data.pkl"]);
+    expect_error(&p, &["nested at most 256 deep", "byte 258 of archive/data.pkl"]);
 
     // Lists grown by appends, and dicts by set-items, are counted too.
     let mut pkl = vec![0x80, 2];
@@ -327,4 +327,20 @@ fn hostile_safetensors_are_errors() {
         let e = checkpoint::load_state_dict(&p).expect_err("refused").to_string();
         assert!(e.starts_with(&p.display().to_string()), "case {i}: {e}");
     }
+}
+
+#[test]
+fn objects_chained_through_their_state_are_depth_checked() {
+    // 300 objects on the stack, then BUILD 299 times: O1.state = O2, O2.state = O3, ...
+    let mut pkl = vec![0x80, 2];
+    for _ in 0..300 {
+        pkl.extend(b"cm\nC\n)R");
+    }
+    for _ in 0..299 {
+        pkl.push(b'b');
+    }
+    pkl.push(b'.');
+    let mut up = Unpickler::new(&pkl[..], |_| Err(("no pid".into(), String::new())));
+    let e = up.load().unwrap_err();
+    assert!(e.expected.contains("256"), "{e:?}");
 }

@@ -259,9 +259,7 @@ fn drop_values(mut work: Vec<Value>) {
                     work.append(&mut items.items);
                 }
                 if let Ok(cell) = Rc::try_unwrap(state) {
-                    if let Some(s) = cell.into_inner() {
-                        work.push(s);
-                    }
+                    work.append(&mut cell.into_inner().items);
                 }
             }
             _ => {}
@@ -289,11 +287,11 @@ pub(crate) enum Value {
     },
     Storage(Rc<StorageRef>),
     Tensor(Rc<TensorRef>),
-    /// Any other constructed object: `callable(*args)` plus its BUILD state.
+    /// Any other constructed object: `callable(*args)` plus its BUILD state (none or one item).
     Object {
         class: String,
         args: Rc<Items>,
-        state: Shared<Option<Value>>,
+        state: Shared<Items>,
     },
 }
 
@@ -324,7 +322,7 @@ impl Value {
             Value::List(l) => l.try_borrow().map(|l| l.depth).unwrap_or(MAX_DEPTH + 1),
             Value::Dict(d) => d.try_borrow().map(|d| d.depth).unwrap_or(MAX_DEPTH + 1),
             Value::Object { args, state, .. } => {
-                1 + args.depth.max(state.try_borrow().map(|s| s.as_ref().map_or(0, Value::depth)).unwrap_or(0))
+                1 + args.depth.max(state.try_borrow().map(|s| s.depth).unwrap_or(MAX_DEPTH + 1))
             }
             _ => 0,
         }
@@ -547,16 +545,16 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
         }
     }
 
-    /// Counts `n` values placed into containers against the budget: at most 4 per byte read
+    /// Counts `n` values placed into containers against the budget: at most 2 per byte read
     /// plus 64 Ki. Every value costs at least one opcode byte except copies (`tuple(list)`,
     /// `OrderedDict(dict)`), so only a pickle that copies large containers again and again
     /// runs out, and memory stays a small multiple of the stream's length.
     fn charge(&mut self, n: usize) -> PResult<()> {
         self.cells = self.cells.saturating_add(n as u64);
-        let budget = self.pos.saturating_mul(4).saturating_add(1 << 16);
+        let budget = self.pos.saturating_mul(2).saturating_add(1 << 16);
         if self.cells > budget {
             return self.err(
-                format!("at most {budget} container items after {} bytes (4 per byte + 65536)", self.pos),
+                format!("at most {budget} container items after {} bytes (2 per byte + 65536)", self.pos),
                 format!("{} items (a pickle that copies containers over and over)", self.cells),
             );
         }
@@ -865,12 +863,19 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     match self.top()? {
                         // OrderedDict's state is `{'_metadata': ...}` (module versions): ignored.
                         Value::Dict(_) | Value::Tensor(_) | Value::List(_) => {}
-                        Value::Object { state: slot, .. } => *slot.borrow_mut() = Some(state),
+                        Value::Object { state: slot, .. } => {
+                            if matches!(&state, Value::Object { state: s, .. } if Rc::ptr_eq(s, slot)) {
+                                return self.err("an object whose state is not itself", "an object built with itself");
+                            }
+                            *slot.borrow_mut() = Items::new(vec![state]);
+                        }
                         other => {
                             let found = other.describe();
                             return self.err("an object to BUILD", found);
                         }
                     }
+                    let depth = self.top()?.depth();
+                    self.check_depth(depth)?;
                 }
                 // BINPERSID
                 b'Q' => {
@@ -1002,7 +1007,7 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     _ => self.err("4 arguments for _rebuild_from_type_v2", args.len().to_string()),
                 }
             }
-            _ => Ok(Value::Object { class: format!("{module}.{name}"), args, state: Rc::new(RefCell::new(None)) }),
+            _ => Ok(Value::Object { class: format!("{module}.{name}"), args, state: Rc::new(RefCell::new(Items::default())) }),
         }
     }
 
