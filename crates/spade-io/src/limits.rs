@@ -27,7 +27,7 @@ impl EntryBudget {
     }
 
     /// Reads the entry `name` of the file `path`: `want` bytes (an error when the entry holds
-    /// fewer), or, with `want` None, the whole entry. Nothing is allocated from a declared size
+    /// fewer), or, with `want` None, the whole entry, which may declare at most `cap` bytes. Nothing is allocated from a declared size
     /// before it was checked against the bytes the file has (stored entries) or the inflate
     /// budget (compressed entries).
     pub fn read<R: Read>(
@@ -36,6 +36,7 @@ impl EntryBudget {
         name: &str,
         entry: zip::read::ZipFile<'_, R>,
         want: Option<u64>,
+        cap: u64,
     ) -> Result<Vec<u8>, IoError> {
         let declared = entry.size();
         let stored = entry.compression() == zip::CompressionMethod::Stored;
@@ -48,6 +49,13 @@ impl EntryBudget {
                 ))
             }
             Some(w) => w,
+            None if declared > cap => {
+                return Err(IoError::format(
+                    path,
+                    format!("zip entry {name} of at most {cap} bytes"),
+                    format!("an entry declaring {declared} bytes"),
+                ))
+            }
             None => declared,
         };
         if stored && n > self.file_len {

@@ -373,13 +373,18 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
     };
     let prefix = pkl_name.strip_suffix("data.pkl").unwrap().to_string();
     let mut limit = crate::limits::EntryBudget::new(file_len);
-    let read_entry = |zip: &mut zip::ZipArchive<BufReader<File>>, name: &str, want: Option<u64>, limit: &mut crate::limits::EntryBudget| {
+    // `want`: the exact size needed, or None for the whole entry of at most `cap` bytes.
+    let read_entry = |zip: &mut zip::ZipArchive<BufReader<File>>,
+                      name: &str,
+                      want: Option<u64>,
+                      cap: u64,
+                      limit: &mut crate::limits::EntryBudget| {
         let entry = zip.by_name(name).map_err(zip_err(path, format!("find entry {name}")))?;
-        limit.read(path, name, entry, want)
+        limit.read(path, name, entry, want, cap)
     };
 
     let big_endian = if zip.file_names().any(|n| n == format!("{prefix}byteorder")) {
-        let bo = read_entry(&mut zip, &format!("{prefix}byteorder"), Some(16), &mut limit)?;
+        let bo = read_entry(&mut zip, &format!("{prefix}byteorder"), None, 64, &mut limit)?;
         match bo.trim_ascii() {
             b"little" => false,
             b"big" => true,
@@ -395,7 +400,7 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
         false
     };
 
-    let pkl = read_entry(&mut zip, &pkl_name, None, &mut limit)?;
+    let pkl = read_entry(&mut zip, &pkl_name, None, u64::MAX, &mut limit)?;
     let root = {
         let mut up =
             Unpickler::new(&pkl[..], |pid: Value| parse_storage_pid(&pid, false).map(|s| Value::Storage(Rc::new(s))));
@@ -418,7 +423,7 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
             Some(d) => d.clone(),
             None => {
                 let want = storage_nbytes(path, &t.storage)? as u64;
-                let d = Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"), Some(want), &mut limit)?);
+                let d = Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"), Some(want), u64::MAX, &mut limit)?);
                 cache.insert(key.clone(), d.clone());
                 d
             }
