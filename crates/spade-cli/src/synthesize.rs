@@ -1,7 +1,7 @@
 //! `spade synthesize`: label maps (+ instance maps, + z or style images) -> images, as the
 //! reference test script writes them.
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 use spade_data::resample::{resize_bicubic, resize_nearest, Plane};
