@@ -178,8 +178,13 @@ pub fn prune_checkpoints(run: &Path, keep: &str) -> Result<Vec<String>> {
     let older: Vec<String> = checkpoint_names(run).into_iter().filter(|n| n.as_str() < keep).collect();
     let mut removed = Vec::new();
     for old in older.iter().rev().skip(1) {
+        // Renamed to a temporary name first: a run killed while deleting leaves a `.tmp_*`
+        // directory (swept on the next start), never a half-deleted `iter_*`.
         let p = ckdir.join(old);
-        std::fs::remove_dir_all(&p).map_err(|e| file_err(&p, format!("cannot remove an old checkpoint: {e}")))?;
+        let doomed = ckdir.join(format!(".tmp_pruned_{old}"));
+        std::fs::rename(&p, &doomed).map_err(|e| file_err(&p, format!("cannot remove an old checkpoint: {e}")))?;
+        std::fs::remove_dir_all(&doomed)
+            .map_err(|e| file_err(&doomed, format!("cannot remove an old checkpoint: {e}")))?;
         removed.push(old.clone());
     }
     Ok(removed)
