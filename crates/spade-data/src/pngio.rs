@@ -6,8 +6,8 @@
 //! `P` image does), and RGB(A) labels are mapped through a [`Palette`] when one is given.
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 

@@ -274,9 +274,9 @@ fn check_int(key: &str, value: usize, lo: usize, hi: usize) -> Result<(), Config
 
 /// `value` finite, within `[lo, hi]` (or `(lo, hi]` with `open_lo`, `[lo, hi)` with `open_hi`).
 fn check_float(key: &str, value: f64, lo: f64, hi: f64, open_lo: bool, open_hi: bool) -> Result<(), ConfigError> {
-    let ok = value.is_finite()
-        && if open_lo { value > lo } else { value >= lo }
-        && if open_hi { value < hi } else { value <= hi };
+    let above = if open_lo { value > lo } else { value >= lo };
+    let below = if open_hi { value < hi } else { value <= hi };
+    let ok = value.is_finite() && above && below;
     if !ok {
         let range = format!("{}{lo}, {hi}{}", if open_lo { "(" } else { "[" }, if open_hi { ")" } else { "]" });
         return Err(range_err(key, format!("{value:?}"), &format!("a finite number in {range}")));
