@@ -28,8 +28,20 @@ enum Command {
     Fid(fid::Args),
 }
 
+/// `SPADE_MAX_IMAGE_PIXELS`: the largest image (width x height) the readers decode.
+fn apply_limits() -> anyhow::Result<()> {
+    if let Ok(v) = std::env::var("SPADE_MAX_IMAGE_PIXELS") {
+        let n: u64 = v.trim().parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+            anyhow::anyhow!("SPADE_MAX_IMAGE_PIXELS = {v:?} is out of range: expected a pixel count of at least 1")
+        })?;
+        spade_data::pngio::set_max_image_pixels(n);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    apply_limits()?;
     match cli.command {
         Command::Synthesize(args) => synthesize::run(args),
         Command::Train(args) => train::run(args),

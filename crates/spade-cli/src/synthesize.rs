@@ -1,7 +1,7 @@
 //! `spade synthesize`: label maps (+ instance maps, + z or style images) -> images, as the
 //! reference test script writes them.
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 use spade_data::resample::{resize_bicubic, resize_nearest, Plane};
@@ -120,8 +120,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     let z_all = match &args.z {
         Some(p) => {
-            let z = Tensor::read_npy(p).with_context(|| format!("{}: reading z", p.display()))?;
-            let z = z.to_dtype(DType::F32)?.to_device(&dev)?;
+            // Parsed with the shape checked against the bytes present (a header may declare
+            // any shape), then made a tensor.
+            let bytes = std::fs::read(p).with_context(|| format!("{}: reading z", p.display()))?;
+            let arr = spade_metrics::stats_io::parse_npy(&bytes, &p.display().to_string()).map_err(anyhow::Error::msg)?;
+            let data: Vec<f32> = arr.data.iter().map(|&v| v as f32).collect();
+            let z = Tensor::from_vec(data, arr.shape.as_slice(), &Device::Cpu)?.to_device(&dev)?;
             if z.dims() != [n, opt.z_dim] {
                 bail!(
                     "{}: z has shape {:?}, expected ({n}, {}) (one row of z_dim per label)",

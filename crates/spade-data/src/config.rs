@@ -239,6 +239,38 @@ impl DatasetConfig {
         }
     }
 
+    /// Checks the ranges of the options that are given (those left out take the dataset's
+    /// defaults, which are in range). [`DatasetConfig::resolve`] checks them too.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option: &'static str, value: String, expected: &str| {
+            Err(DataError::Config { option, value, expected: expected.into() })
+        };
+        for (option, v) in [("crop_size", self.crop_size), ("load_size", self.load_size)] {
+            if let Some(v) = v {
+                if !(1..=65536).contains(&v) {
+                    return bad(option, v.to_string(), "a size in pixels in 1..=65536");
+                }
+            }
+        }
+        if let Some(n) = self.label_nc {
+            if !(1..=65536).contains(&n) {
+                return bad("label_nc", n.to_string(), "a class count in 1..=65536");
+            }
+        }
+        if let Some(a) = self.aspect_ratio {
+            if !(a.is_finite() && a > 0.0 && a <= 1000.0) {
+                return bad("aspect_ratio", format!("{a:?}"), "a finite width / height ratio in (0, 1000]");
+            }
+        }
+        if self.max_dataset_size == Some(0) {
+            return bad("max_dataset_size", "0".into(), "at least 1 (or left out for all)");
+        }
+        if self.synthetic_count == Some(0) {
+            return bad("synthetic_count", "0".into(), "at least 1 sample");
+        }
+        Ok(())
+    }
+
     /// Fills every option left out with the dataset's default (the reference's
     /// `modify_commandline_options`), and checks the values.
     pub fn resolve(&self) -> Result<ResolvedConfig> {

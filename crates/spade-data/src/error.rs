@@ -38,6 +38,14 @@ pub enum DataError {
     #[error("{}: cannot read {kind} file: {source}", path.display())]
     Io { path: PathBuf, kind: FileKind, source: std::io::Error },
 
+    /// An image larger than the pixel cap (`pngio::max_image_pixels`), refused from its header.
+    #[error(
+        "{}: {kind} file of {width}x{height} pixels is larger than the limit of {max} pixels; \
+         raise it with SPADE_MAX_IMAGE_PIXELS=N if the file is genuine",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, kind: FileKind, width: u64, height: u64, max: u64 },
+
     /// The file is present but its content cannot be decoded.
     #[error("{}: unreadable or corrupt {kind} file: {detail}", path.display())]
     Corrupt { path: PathBuf, kind: FileKind, detail: String },
@@ -96,6 +104,7 @@ impl DataError {
             | DataError::MissingPartner { path, .. }
             | DataError::Io { path, .. }
             | DataError::Corrupt { path, .. }
+            | DataError::TooLarge { path, .. }
             | DataError::Unsupported { path, .. }
             | DataError::LabelOutOfRange { path, .. }
             | DataError::UnknownColour { path, .. }

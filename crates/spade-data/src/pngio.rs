@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,12 +99,41 @@ fn read_bytes(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), kind, source })
 }
 
+/// The default of [`max_image_pixels`]: 2^25 = 33,554,432 pixels (8192 x 4096).
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 25;
+
+static MAX_IMAGE_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_IMAGE_PIXELS);
+
+/// The largest image (width x height) that the readers of this module decode; larger files
+/// are refused from their header, before any pixel memory is allocated.
+pub fn max_image_pixels() -> u64 {
+    MAX_IMAGE_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_image_pixels`] (the `spade` binary does so from `SPADE_MAX_IMAGE_PIXELS`).
+pub fn set_max_image_pixels(pixels: u64) {
+    MAX_IMAGE_PIXELS.store(pixels.max(1), Ordering::Relaxed);
+}
+
+fn check_pixels(path: &Path, kind: FileKind, width: u64, height: u64) -> Result<()> {
+    let pixels = width.saturating_mul(height);
+    let max = max_image_pixels();
+    if pixels > max {
+        return Err(DataError::TooLarge { path: path.to_path_buf(), kind, width, height, max });
+    }
+    Ok(())
+}
+
 fn decode_png(path: &Path, kind: FileKind) -> Result<RawPng> {
     let bytes = read_bytes(path, kind)?;
     let corrupt = |detail: String| DataError::Corrupt { path: path.to_path_buf(), kind, detail };
     let mut decoder = png::Decoder::new(Cursor::new(&bytes[..]));
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
+    {
+        let info = reader.info();
+        check_pixels(path, kind, info.width as u64, info.height as u64)?;
+    }
     let size = reader.output_buffer_size().ok_or_else(|| corrupt("PNG image too large".to_string()))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
@@ -216,11 +246,23 @@ pub fn read_instance_png(path: &Path) -> Result<LabelMap> {
 /// Reads a photo (JPEG, PNG, ...) and converts it to 8-bit RGB as PIL's `convert('RGB')` does.
 pub fn read_image(path: &Path) -> Result<RgbImage> {
     let bytes = read_bytes(path, FileKind::Image)?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Corrupt {
+    let corrupt = |e: image::ImageError| DataError::Corrupt {
         path: path.to_path_buf(),
         kind: FileKind::Image,
         detail: format!("image decoding failed: {e}"),
-    })?;
+    };
+    let reader = || image::ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format();
+    let (w, h) = reader()
+        .map_err(|e| corrupt(image::ImageError::IoError(e)))?
+        .into_dimensions()
+        .map_err(corrupt)?;
+    check_pixels(path, FileKind::Image, w as u64, h as u64)?;
+    let mut r = reader().map_err(|e| corrupt(image::ImageError::IoError(e)))?;
+    let mut limits = image::Limits::default();
+    // 8 bytes per pixel (16-bit RGBA) for the decoder, and the RGB copy.
+    limits.max_alloc = Some(max_image_pixels().saturating_mul(8).max(1 << 26));
+    r.limits(limits);
+    let img = r.decode().map_err(corrupt)?;
     let rgb = img.to_rgb8();
     Ok(RgbImage { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }
@@ -232,6 +274,7 @@ pub fn image_size(path: &Path) -> Result<(usize, usize)> {
         kind: FileKind::Image,
         detail: format!("image decoding failed: {e}"),
     })?;
+    check_pixels(path, FileKind::Image, w as u64, h as u64)?;
     Ok((w as usize, h as usize))
 }
 
@@ -297,4 +340,83 @@ pub fn write_indexed_png(path: &Path, map: &LabelMap, palette: &Palette) -> Resu
 /// Writes 8-bit RGB (HWC) as a PNG.
 pub fn write_rgb_png(path: &Path, img: &RgbImage) -> Result<()> {
     write_png(path, img.width, img.height, png::ColorType::Rgb, png::BitDepth::Eight, None, &img.data)
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    //! Hostile PNGs: huge declared sizes are refused from the header, before any pixel memory
+    //! is allocated; truncations and bit flips are errors naming the file.
+    use super::*;
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    }
+
+    /// A PNG whose header declares `w x h` (depth, colour type) with a tiny IDAT.
+    fn png_header_only(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend(h.to_be_bytes());
+        ihdr.extend([depth, color, 0, 0, 0]);
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    #[test]
+    fn huge_declared_labels_are_refused_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        // 16384 x (2^31 - 1) RGBA16 (issue 15), and 30000 x 30000 8-bit gray.
+        for (name, w, h, depth, color) in [("rgba16.png", 16384, (1u32 << 31) - 1, 16, 6), ("big.png", 30000, 30000, 8, 0)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, png_header_only(w, h, depth, color)).unwrap();
+            for r in [read_label_png(&p, None), read_instance_png(&p)] {
+                let e = r.unwrap_err().to_string();
+                assert!(e.starts_with(&p.display().to_string()), "{e}");
+                assert!(e.contains(&format!("{w}x{h}")) && e.contains("33554432") && e.contains("SPADE_MAX_IMAGE_PIXELS"), "{e}");
+            }
+            let e = read_image(&p).unwrap_err().to_string();
+            assert!(e.starts_with(&p.display().to_string()), "{e}");
+            assert!(e.contains("limit") || e.contains("decoding failed"), "{e}");
+        }
+    }
+
+    #[test]
+    fn truncated_and_flipped_labels_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.png");
+        let map = LabelMap { width: 7, height: 5, data: (0..35).map(|i| i % 6).collect() };
+        write_gray_png(&p, &map).unwrap();
+        assert_eq!(read_label_png(&p, None).unwrap(), map);
+        let bytes = std::fs::read(&p).unwrap();
+        for cut in 0..bytes.len() {
+            std::fs::write(&p, &bytes[..cut]).unwrap();
+            let e = read_label_png(&p, None).unwrap_err().to_string();
+            assert!(e.starts_with(&p.display().to_string()), "cut {cut}: {e}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            std::fs::write(&p, &b).unwrap();
+            if let Err(e) = read_label_png(&p, None) {
+                assert!(e.to_string().starts_with(&p.display().to_string()), "byte {i}: {e}");
+            }
+        }
+    }
 }

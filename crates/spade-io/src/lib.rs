@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod limits;
 mod pickle;
 pub mod pth;
 
@@ -140,5 +141,7 @@ pub(crate) fn tensor_bytes(path: &Path, name: &str, t: &candle_core::Tensor) -> 
     Ok(bytes)
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

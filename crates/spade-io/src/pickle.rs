@@ -124,6 +124,149 @@ pub(crate) struct TensorRef {
 
 pub(crate) type Shared<T> = Rc<RefCell<T>>;
 
+/// Deepest nesting of containers the unpickler builds. `torch.save` of a state_dict nests a
+/// handful of levels; a deeper pickle is refused before it is built.
+pub(crate) const MAX_DEPTH: u32 = 256;
+
+/// The items of a tuple, list or object argument list. Dropping is iterative (see
+/// [`drop_values`]), so that a pickle nesting a million tuples cannot overflow the stack.
+#[derive(Debug, Default)]
+pub(crate) struct Items {
+    pub items: Vec<Value>,
+    /// Nesting depth: 1 + the deepest item (kept up to date on appends; see [`MAX_DEPTH`]).
+    pub depth: u32,
+}
+
+impl Items {
+    fn new(items: Vec<Value>) -> Self {
+        let depth = 1 + items.iter().map(Value::depth).max().unwrap_or(0);
+        Items { items, depth }
+    }
+}
+
+impl std::ops::Deref for Items {
+    type Target = Vec<Value>;
+    fn deref(&self) -> &Vec<Value> {
+        &self.items
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            drop_values(std::mem::take(&mut self.items));
+        }
+    }
+}
+
+/// A hashable dict key (the key types whose equality the reader honours: str, int, bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DictKey {
+    Str(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+impl DictKey {
+    fn of(v: &Value) -> Option<DictKey> {
+        match v {
+            Value::Str(s) => Some(DictKey::Str(s.clone())),
+            Value::Int(i) => Some(DictKey::Int(*i)),
+            Value::Bytes(b) => Some(DictKey::Bytes(b.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// An insertion-ordered dict with a hash index (loading is linear in the number of keys).
+#[derive(Debug, Default)]
+pub(crate) struct DictItems {
+    entries: Vec<(Value, Value)>,
+    index: HashMap<DictKey, usize>,
+    /// Nesting depth: 1 + the deepest key or value.
+    pub depth: u32,
+}
+
+impl DictItems {
+    /// Inserts, replacing (in place) the value of an equal key, as Python does.
+    pub(crate) fn insert(&mut self, key: Value, value: Value) {
+        self.depth = self.depth.max(1 + key.depth().max(value.depth()));
+        match DictKey::of(&key) {
+            Some(k) => match self.index.get(&k) {
+                Some(&i) => self.entries[i].1 = value,
+                None => {
+                    self.index.insert(k, self.entries.len());
+                    self.entries.push((key, value));
+                }
+            },
+            None => self.entries.push((key, value)),
+        }
+    }
+
+    /// The value under the string key `key`.
+    pub(crate) fn get_str(&self, key: &str) -> Option<&Value> {
+        self.index.get(&DictKey::Str(key.to_string())).map(|&i| &self.entries[i].1)
+    }
+
+    /// A copy of the (key, value) pairs.
+    pub(crate) fn pairs(&self) -> Vec<(Value, Value)> {
+        self.entries.clone()
+    }
+}
+
+impl std::ops::Deref for DictItems {
+    type Target = [(Value, Value)];
+    fn deref(&self) -> &[(Value, Value)] {
+        &self.entries
+    }
+}
+
+impl Drop for DictItems {
+    fn drop(&mut self) {
+        if !self.entries.is_empty() {
+            let entries = std::mem::take(&mut self.entries);
+            drop_values(entries.into_iter().flat_map(|(k, v)| [k, v]).collect());
+        }
+    }
+}
+
+/// Drops values without recursion: containers whose last reference goes are emptied into a
+/// work list instead of dropping their items recursively.
+fn drop_values(mut work: Vec<Value>) {
+    while let Some(v) = work.pop() {
+        match v {
+            Value::Tuple(rc) => {
+                if let Ok(mut items) = Rc::try_unwrap(rc) {
+                    work.append(&mut items.items);
+                }
+            }
+            Value::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.append(&mut cell.into_inner().items);
+                }
+            }
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    let mut d = cell.into_inner();
+                    for (k, v) in std::mem::take(&mut d.entries) {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            Value::Object { args, state, .. } => {
+                if let Ok(mut items) = Rc::try_unwrap(args) {
+                    work.append(&mut items.items);
+                }
+                if let Ok(cell) = Rc::try_unwrap(state) {
+                    work.append(&mut cell.into_inner().items);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Value {
     None,
@@ -134,35 +277,55 @@ pub(crate) enum Value {
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    Tuple(Rc<Vec<Value>>),
-    List(Shared<Vec<Value>>),
+    Tuple(Rc<Items>),
+    List(Shared<Items>),
     /// Insertion ordered (Python dicts and OrderedDicts alike).
-    Dict(Shared<Vec<(Value, Value)>>),
+    Dict(Shared<DictItems>),
     Global {
         module: String,
         name: String,
     },
     Storage(Rc<StorageRef>),
     Tensor(Rc<TensorRef>),
-    /// Any other constructed object: `callable(*args)` plus its BUILD state.
+    /// Any other constructed object: `callable(*args)` plus its BUILD state (none or one item).
     Object {
         class: String,
-        args: Rc<Vec<Value>>,
-        state: Shared<Option<Value>>,
+        args: Rc<Items>,
+        state: Shared<Items>,
     },
 }
 
 impl Value {
     pub(crate) fn new_dict(items: Vec<(Value, Value)>) -> Self {
-        Value::Dict(Rc::new(RefCell::new(items)))
+        let mut d = DictItems::default();
+        for (k, v) in items {
+            d.insert(k, v);
+        }
+        Value::Dict(Rc::new(RefCell::new(d)))
     }
 
     pub(crate) fn new_list(items: Vec<Value>) -> Self {
-        Value::List(Rc::new(RefCell::new(items)))
+        Value::List(Rc::new(RefCell::new(Items::new(items))))
     }
 
     pub(crate) fn tuple(items: Vec<Value>) -> Self {
-        Value::Tuple(Rc::new(items))
+        Value::Tuple(Rc::new(Items::new(items)))
+    }
+
+    /// Nesting depth of containers (0 for scalars), as recorded when they were built or last
+    /// grown.
+    pub(crate) fn depth(&self) -> u32 {
+        match self {
+            Value::Tuple(t) => t.depth,
+            // A container being mutated right now (a list appended to itself) is borrowed:
+            // its depth is then that of the target, which the caller already has.
+            Value::List(l) => l.try_borrow().map(|l| l.depth).unwrap_or(MAX_DEPTH + 1),
+            Value::Dict(d) => d.try_borrow().map(|d| d.depth).unwrap_or(MAX_DEPTH + 1),
+            Value::Object { args, state, .. } => {
+                1 + args.depth.max(state.try_borrow().map(|s| s.depth).unwrap_or(MAX_DEPTH + 1))
+            }
+            _ => 0,
+        }
     }
 
     /// A short human-readable description, for error messages.
@@ -177,8 +340,14 @@ impl Value {
             Value::Str(s) => format!("str of {} chars", s.chars().count()),
             Value::Bytes(b) => format!("bytes of length {}", b.len()),
             Value::Tuple(t) => format!("tuple of length {}", t.len()),
-            Value::List(l) => format!("list of length {}", l.borrow().len()),
-            Value::Dict(d) => format!("dict with {} entries", d.borrow().len()),
+            Value::List(l) => match l.try_borrow() {
+                Ok(l) => format!("list of length {}", l.len()),
+                Err(_) => "list".into(),
+            },
+            Value::Dict(d) => match d.try_borrow() {
+                Ok(d) => format!("dict with {} entries", d.len()),
+                Err(_) => "dict".into(),
+            },
             Value::Global { module, name } => format!("global {module}.{name}"),
             Value::Storage(s) => format!("{:?} storage {:?}", s.dtype, s.key),
             Value::Tensor(t) => format!("{:?} tensor of shape {:?}", t.dtype, t.size),
@@ -203,31 +372,23 @@ impl Value {
         }
     }
 
-    /// Items of a tuple or list.
+    /// Items of a tuple or list (a copy: use [`Value::item_count`] first where the count
+    /// matters).
     pub(crate) fn items(&self) -> Option<Vec<Value>> {
         match self {
-            Value::Tuple(t) => Some(t.as_ref().clone()),
-            Value::List(l) => Some(l.borrow().clone()),
+            Value::Tuple(t) => Some(t.items.clone()),
+            Value::List(l) => l.try_borrow().ok().map(|l| l.items.clone()),
             _ => None,
         }
     }
 
-    fn key_eq(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Str(a), Value::Str(b)) => a == b,
-            (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Bytes(a), Value::Bytes(b)) => a == b,
-            _ => false,
+    /// Number of items of a tuple or list.
+    pub(crate) fn item_count(&self) -> Option<usize> {
+        match self {
+            Value::Tuple(t) => Some(t.len()),
+            Value::List(l) => l.try_borrow().ok().map(|l| l.len()),
+            _ => None,
         }
-    }
-}
-
-/// Inserts into an ordered dict, replacing (in place) the value of an equal key.
-fn dict_insert(items: &mut Vec<(Value, Value)>, key: Value, value: Value) {
-    if let Some(slot) = items.iter_mut().find(|(k, _)| k.key_eq(&key)) {
-        slot.1 = value;
-    } else {
-        items.push((key, value));
     }
 }
 
@@ -254,11 +415,22 @@ pub(crate) struct Unpickler<R: Read, F: FnMut(Value) -> Result<Value, (String, S
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
     persistent_load: F,
+    /// Values placed into containers so far (see `charge`).
+    cells: u64,
 }
 
 impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F> {
     pub(crate) fn new(reader: R, persistent_load: F) -> Self {
-        Self { reader, pos: 0, op_pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), persistent_load }
+        Self {
+            reader,
+            pos: 0,
+            op_pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            persistent_load,
+            cells: 0,
+        }
     }
 
     /// Bytes consumed so far (the STOP opcode included once `load` returned).
@@ -373,30 +545,81 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
         }
     }
 
+    /// Counts `n` values placed into containers against the budget: at most 2 per byte read
+    /// plus 64 Ki. Every value costs at least one opcode byte except copies (`tuple(list)`,
+    /// `OrderedDict(dict)`), so only a pickle that copies large containers again and again
+    /// runs out, and memory stays a small multiple of the stream's length.
+    fn charge(&mut self, n: usize) -> PResult<()> {
+        self.cells = self.cells.saturating_add(n as u64);
+        let budget = self.pos.saturating_mul(2).saturating_add(1 << 16);
+        if self.cells > budget {
+            return self.err(
+                format!("at most {budget} container items after {} bytes (2 per byte + 65536)", self.pos),
+                format!("{} items (a pickle that copies containers over and over)", self.cells),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_depth(&self, depth: u32) -> PResult<()> {
+        if depth > MAX_DEPTH {
+            return self.err(
+                format!("containers nested at most {MAX_DEPTH} deep"),
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Pushes a new tuple, list or dict after checking its depth and charging its items.
+    fn push_container(&mut self, v: Value, n: usize) -> PResult<()> {
+        self.charge(n)?;
+        self.check_depth(v.depth())?;
+        self.stack.push(v);
+        Ok(())
+    }
+
     fn set_items(&mut self, items: Vec<Value>) -> PResult<()> {
         if items.len() % 2 == 1 {
             return self.err("an even number of values for SETITEMS", items.len().to_string());
         }
+        self.charge(items.len())?;
         let target = self.top()?.clone();
         match target {
             Value::Dict(d) => {
-                let mut d = d.borrow_mut();
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    dict_insert(&mut d, k, v);
+                if items.iter().any(|v| matches!(v, Value::Dict(x) if Rc::ptr_eq(x, &d))) {
+                    return self.err("a dict that does not contain itself", "a dict set as its own key or value");
                 }
-                Ok(())
+                let depth = {
+                    let mut dm = d.borrow_mut();
+                    let mut it = items.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        dm.insert(k, v);
+                    }
+                    dm.depth
+                };
+                self.check_depth(depth)
             }
             other => self.err("a dict to set items on", other.describe()),
         }
     }
 
     fn append_items(&mut self, items: Vec<Value>) -> PResult<()> {
+        self.charge(items.len())?;
         let target = self.top()?.clone();
         match target {
             Value::List(l) => {
-                l.borrow_mut().extend(items);
-                Ok(())
+                if items.iter().any(|v| matches!(v, Value::List(x) if Rc::ptr_eq(x, &l))) {
+                    return self.err("a list that does not contain itself", "a list appended to itself");
+                }
+                let depth = 1 + items.iter().map(Value::depth).max().unwrap_or(0);
+                let depth = {
+                    let mut lm = l.borrow_mut();
+                    lm.depth = lm.depth.max(depth);
+                    lm.items.extend(items);
+                    lm.depth
+                };
+                self.check_depth(depth)
             }
             other => self.err("a list to append to", other.describe()),
         }
@@ -544,15 +767,16 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     let bytes = self.read_bytes(n)?;
                     self.stack.push(Value::Bytes(bytes));
                 }
-                b'}' => self.stack.push(Value::new_dict(Vec::new())),
-                b']' => self.stack.push(Value::new_list(Vec::new())),
-                b')' => self.stack.push(Value::tuple(Vec::new())),
+                b'}' => self.push_container(Value::new_dict(Vec::new()), 0)?,
+                b']' => self.push_container(Value::new_list(Vec::new()), 0)?,
+                b')' => self.push_container(Value::tuple(Vec::new()), 0)?,
                 // EMPTY_SET: sets become lists
-                0x8f => self.stack.push(Value::new_list(Vec::new())),
+                0x8f => self.push_container(Value::new_list(Vec::new()), 0)?,
                 // TUPLE
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::tuple(items));
+                    let n = items.len();
+                    self.push_container(Value::tuple(items), n)?;
                 }
                 // TUPLE1..3
                 0x85..=0x87 => {
@@ -561,17 +785,18 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                         return self.err(format!("{n} values for TUPLE{n}"), "a shorter stack");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::tuple(items));
+                    self.push_container(Value::tuple(items), n)?;
                 }
                 // LIST, FROZENSET
                 b'l' | 0x91 => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::new_list(items));
+                    let n = items.len();
+                    self.push_container(Value::new_list(items), n)?;
                 }
                 // DICT
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::new_dict(Vec::new()));
+                    self.push_container(Value::new_dict(Vec::new()), 0)?;
                     self.set_items(items)?;
                 }
                 b's' => {
@@ -638,12 +863,19 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     match self.top()? {
                         // OrderedDict's state is `{'_metadata': ...}` (module versions): ignored.
                         Value::Dict(_) | Value::Tensor(_) | Value::List(_) => {}
-                        Value::Object { state: slot, .. } => *slot.borrow_mut() = Some(state),
+                        Value::Object { state: slot, .. } => {
+                            if matches!(&state, Value::Object { state: s, .. } if Rc::ptr_eq(s, slot)) {
+                                return self.err("an object whose state is not itself", "an object built with itself");
+                            }
+                            *slot.borrow_mut() = Items::new(vec![state]);
+                        }
                         other => {
                             let found = other.describe();
                             return self.err("an object to BUILD", found);
                         }
                     }
+                    let depth = self.top()?.depth();
+                    self.check_depth(depth)?;
                 }
                 // BINPERSID
                 b'Q' => {
@@ -718,36 +950,40 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
         };
         match (module.as_str(), name.as_str()) {
             ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
-                let dict = Value::new_dict(Vec::new());
-                if let Some(init) = args.first() {
-                    let pairs = match init {
-                        Value::Dict(d) => d.borrow().clone(),
+                let mut pairs = Vec::new();
+                if let Some(init) = args.items.first() {
+                    match init {
+                        Value::Dict(d) => {
+                            let n = d.try_borrow().map(|d| d.len()).unwrap_or(0);
+                            self.charge(2 * n)?;
+                            pairs = d.try_borrow().map(|d| d.pairs()).unwrap_or_default();
+                        }
                         other => {
-                            let Some(items) = other.items() else {
+                            let Some(n) = other.item_count() else {
                                 return self.err("OrderedDict initialised from pairs", other.describe());
                             };
-                            let mut pairs = Vec::new();
-                            for item in items {
+                            self.charge(2 * n)?;
+                            for item in other.items().unwrap_or_default() {
                                 match item.items().as_deref() {
                                     Some([k, v]) => pairs.push((k.clone(), v.clone())),
                                     _ => return self.err("a (key, value) pair", item.describe()),
                                 }
                             }
-                            pairs
-                        }
-                    };
-                    if let Value::Dict(d) = &dict {
-                        let mut d = d.borrow_mut();
-                        for (k, v) in pairs {
-                            dict_insert(&mut d, k, v);
                         }
                     }
                 }
+                let dict = Value::new_dict(pairs);
+                self.check_depth(dict.depth())?;
                 Ok(dict)
             }
             ("torch", "Size") | ("builtins", "tuple") | ("__builtin__", "tuple") => {
-                match args.first().and_then(Value::items) {
-                    Some(items) => Ok(Value::tuple(items)),
+                match args.items.first().and_then(Value::item_count) {
+                    Some(n) => {
+                        self.charge(n)?;
+                        let t = Value::tuple(args[0].items().unwrap_or_default());
+                        self.check_depth(t.depth())?;
+                        Ok(t)
+                    }
                     None if args.is_empty() => Ok(Value::tuple(Vec::new())),
                     None => self.err("torch.Size(tuple)", format!("{} arguments", args.len())),
                 }
@@ -757,18 +993,21 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
             | ("torch._utils", "_rebuild_tensor_v3") => self.rebuild_tensor(name, &args),
             ("torch._utils", "_rebuild_parameter")
             | ("torch._utils", "_rebuild_parameter_with_state")
-            | ("torch.nn.parameter", "Parameter") => match args.first() {
+            | ("torch.nn.parameter", "Parameter") => match args.items.first() {
                 Some(v) => Ok(v.clone()),
                 None => self.err(format!("arguments for {name}"), "none"),
             },
             // Tensor subclasses: `_rebuild_from_type_v2(func, new_type, args, state)`.
             ("torch._tensor", "_rebuild_from_type_v2") | ("torch._utils", "_rebuild_from_type_v2") => {
-                match args.as_slice() {
+                match args.items.as_slice() {
+                    [Value::Global { module: m, name: n }, ..] if n == "_rebuild_from_type_v2" => {
+                        self.err("a rebuild function inside _rebuild_from_type_v2", format!("{m}.{n} again"))
+                    }
                     [func, _new_type, inner, ..] => self.call(func.clone(), inner.clone()),
                     _ => self.err("4 arguments for _rebuild_from_type_v2", args.len().to_string()),
                 }
             }
-            _ => Ok(Value::Object { class: format!("{module}.{name}"), args, state: Rc::new(RefCell::new(None)) }),
+            _ => Ok(Value::Object { class: format!("{module}.{name}"), args, state: Rc::new(RefCell::new(Items::default())) }),
         }
     }
 

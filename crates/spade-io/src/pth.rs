@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::pickle::{PickleError, PickleWriter, StorageRef, TensorRef, TorchDType, Unpickler, Value};
+use crate::pickle::{DictItems, PickleError, PickleWriter, StorageRef, TensorRef, TorchDType, Unpickler, Value};
 use crate::IoError;
 
 /// Magic number at the start of legacy checkpoints (a pickled int).
@@ -112,8 +112,20 @@ fn parse_storage_pid(pid: &Value, legacy: bool) -> Result<StorageRef, (String, S
     Ok(StorageRef { key, dtype, numel, view_offset, view_numel })
 }
 
+/// How deep [`select_state_dict`] looks for a state_dict under the keys of
+/// [`STATE_DICT_KEYS`] (`{"model": {"state_dict": ...}}` is two levels).
+const STATE_DICT_SEARCH_DEPTH: usize = 8;
+
 /// Picks the state_dict out of the unpickled object. On failure returns what was found.
 fn select_state_dict(root: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, String> {
+    select_state_dict_in(root, &mut Vec::new())
+}
+
+/// `seen`: the dicts on the path from the root (a dict found again is one that contains itself).
+fn select_state_dict_in(
+    root: &Value,
+    seen: &mut Vec<*const std::cell::RefCell<DictItems>>,
+) -> Result<Vec<(String, Rc<TensorRef>)>, String> {
     fn as_tensor_dict(v: &Value) -> Option<Vec<(String, Rc<TensorRef>)>> {
         let Value::Dict(d) = v else { return None };
         d.borrow()
@@ -130,14 +142,26 @@ fn select_state_dict(root: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, Strin
     let Value::Dict(d) = root else {
         return Err(root.describe());
     };
+    if seen.contains(&Rc::as_ptr(d)) {
+        return Err(format!("a dict that contains itself (under the keys {})", STATE_DICT_KEYS.join(", ")));
+    }
+    if seen.len() >= STATE_DICT_SEARCH_DEPTH {
+        return Err(format!("a state_dict within {STATE_DICT_SEARCH_DEPTH} levels of nested dicts"));
+    }
+    seen.push(Rc::as_ptr(d));
     let d = d.borrow();
     for want in STATE_DICT_KEYS {
-        if let Some((_, v)) = d.iter().find(|(k, _)| k.as_str() == Some(want)) {
-            if let Ok(sd) = select_state_dict(v) {
-                return Ok(sd);
+        if let Some(v) = d.get_str(want) {
+            match select_state_dict_in(v, seen) {
+                Ok(sd) => return Ok(sd),
+                Err(e) if e.starts_with("a dict that contains itself") || e.starts_with("a state_dict within") => {
+                    return Err(e)
+                }
+                Err(_) => {}
             }
         }
     }
+    seen.pop();
     let candidates: Vec<_> = d.iter().filter_map(|(_, v)| as_tensor_dict(v).filter(|sd| !sd.is_empty())).collect();
     if let [only] = candidates.as_slice() {
         return Ok(only.clone());
@@ -147,7 +171,7 @@ fn select_state_dict(root: &Value) -> Result<Vec<(String, Rc<TensorRef>)>, Strin
         .take(40)
         .map(|(k, v)| {
             let k = match k {
-                Value::Str(s) => format!("{s:?}"),
+                Value::Str(s) if s.len() <= 80 => format!("{s:?}"),
                 other => other.describe(),
             };
             format!("{k}: {}", v.describe())
@@ -184,12 +208,27 @@ fn candle_dtype(path: &Path, name: &str, d: TorchDType) -> Result<DType, IoError
     })
 }
 
+/// The bytes a storage declares (`numel` elements of its dtype), with overflow checked.
+fn storage_nbytes(path: &Path, st: &StorageRef) -> Result<usize, IoError> {
+    st.numel.checked_mul(st.dtype.size()).ok_or_else(|| {
+        IoError::format(
+            path,
+            format!("a storage size that fits in memory for storage {:?}", st.key),
+            format!("{} elements of {:?}", st.numel, st.dtype),
+        )
+    })
+}
+
 /// Builds a contiguous CPU tensor from its (possibly strided/offset) view of a storage.
+///
+/// Every size is checked (with overflow checks) against the bytes present before anything
+/// is allocated, and a view with more elements than its storage (a stride-0 or overlapping
+/// view that would expand the file's data) is refused: memory stays within the file's size.
 fn materialize(path: &Path, name: &str, t: &TensorRef, data: &[u8], big_endian: bool) -> Result<Tensor, IoError> {
     let dtype = candle_dtype(path, name, t.dtype)?;
     let st = &t.storage;
     let es = t.dtype.size();
-    let storage_bytes = st.numel * st.dtype.size();
+    let storage_bytes = storage_nbytes(path, st)?;
     if data.len() < storage_bytes {
         return Err(IoError::format(
             path,
@@ -197,18 +236,60 @@ fn materialize(path: &Path, name: &str, t: &TensorRef, data: &[u8], big_endian: 
             format!("{} bytes", data.len()),
         ));
     }
-    let view_start = st.view_offset * st.dtype.size();
+    let shape_err = |what: String| {
+        IoError::format(
+            path,
+            format!("tensor {name:?} (offset {}, size {:?}, stride {:?}) to {what}", t.offset, t.size, t.stride),
+            "sizes whose product or offsets overflow",
+        )
+    };
+    let sdt = st.dtype.size();
+    let view_start = st.view_offset.checked_mul(sdt).ok_or_else(|| shape_err("have a storage view in range".into()))?;
     let view_end = match st.view_numel {
-        Some(n) => view_start + n * st.dtype.size(),
+        Some(n) => n
+            .checked_mul(sdt)
+            .and_then(|n| n.checked_add(view_start))
+            .ok_or_else(|| shape_err("have a storage view in range".into()))?,
         None => data.len(),
     };
-    let numel: usize = t.size.iter().product();
-    let mut buf = Vec::with_capacity(numel * es);
+    let avail_end = view_end.min(data.len());
+    let avail = avail_end.saturating_sub(view_start);
+    let numel = t
+        .size
+        .iter()
+        .try_fold(1usize, |a, &n| a.checked_mul(n))
+        .ok_or_else(|| shape_err("have an element count that fits in memory".into()))?;
+    let nbytes = numel.checked_mul(es).ok_or_else(|| shape_err("have a byte size that fits in memory".into()))?;
+    if nbytes > avail {
+        return Err(IoError::format(
+            path,
+            format!(
+                "tensor {name:?} (size {:?}, stride {:?}) to have at most as many elements as its storage {:?} \
+                 holds ({avail} bytes); stride-0 or overlapping views that expand the data are not read",
+                t.size, t.stride, st.key
+            ),
+            format!("{numel} elements ({nbytes} bytes)"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(nbytes);
     if numel > 0 {
-        let base = view_start + t.offset * es;
-        let last: usize = t.size.iter().zip(&t.stride).map(|(&n, &s)| (n - 1) * s).sum();
-        let end = base + (last + 1) * es;
-        if end > view_end.min(data.len()) {
+        let base = t
+            .offset
+            .checked_mul(es)
+            .and_then(|o| o.checked_add(view_start))
+            .ok_or_else(|| shape_err("have an offset in range".into()))?;
+        let last = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(0usize, |a, (&n, &s)| (n - 1).checked_mul(s).and_then(|x| a.checked_add(x)))
+            .ok_or_else(|| shape_err("have strides whose offsets fit in memory".into()))?;
+        let end = last
+            .checked_add(1)
+            .and_then(|l| l.checked_mul(es))
+            .and_then(|l| l.checked_add(base))
+            .ok_or_else(|| shape_err("have strides whose offsets fit in memory".into()))?;
+        if end > avail_end {
             return Err(IoError::format(
                 path,
                 format!(
@@ -216,10 +297,7 @@ fn materialize(path: &Path, name: &str, t: &TensorRef, data: &[u8], big_endian: 
                      storage {:?}",
                     t.offset, t.size, t.stride, st.key
                 ),
-                format!(
-                    "it ends at byte {end} of a storage of {} bytes",
-                    view_end.min(data.len()) - view_start.min(view_end)
-                ),
+                format!("it ends at byte {end} of a storage of {} bytes", avail),
             ));
         }
         let rank = t.size.len();
@@ -274,6 +352,7 @@ fn zip_err(path: &Path, action: impl Into<String>) -> impl FnOnce(zip::result::Z
 }
 
 fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
+    let file_len = file.metadata().map_err(|e| IoError::io(path, "read the checkpoint's size", e))?.len();
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_err(path, "open the zip checkpoint"))?;
     let pkl_name = zip
         .file_names()
@@ -293,16 +372,19 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
         ));
     };
     let prefix = pkl_name.strip_suffix("data.pkl").unwrap().to_string();
-
-    let read_entry = |zip: &mut zip::ZipArchive<BufReader<File>>, name: &str| {
-        let mut entry = zip.by_name(name).map_err(zip_err(path, format!("find entry {name}")))?;
-        let mut buf = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut buf).map_err(|e| IoError::io(path, format!("read zip entry {name}"), e))?;
-        Ok::<_, IoError>(buf)
+    let mut limit = crate::limits::EntryBudget::new(file_len);
+    // `want`: the exact size needed, or None for the whole entry of at most `cap` bytes.
+    let read_entry = |zip: &mut zip::ZipArchive<BufReader<File>>,
+                      name: &str,
+                      want: Option<u64>,
+                      cap: u64,
+                      limit: &mut crate::limits::EntryBudget| {
+        let entry = zip.by_name(name).map_err(zip_err(path, format!("find entry {name}")))?;
+        limit.read(path, name, entry, want, cap)
     };
 
     let big_endian = if zip.file_names().any(|n| n == format!("{prefix}byteorder")) {
-        let bo = read_entry(&mut zip, &format!("{prefix}byteorder"))?;
+        let bo = read_entry(&mut zip, &format!("{prefix}byteorder"), None, 64, &mut limit)?;
         match bo.trim_ascii() {
             b"little" => false,
             b"big" => true,
@@ -318,13 +400,15 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
         false
     };
 
-    let pkl = read_entry(&mut zip, &pkl_name)?;
+    let pkl = read_entry(&mut zip, &pkl_name, None, u64::MAX, &mut limit)?;
     let root = {
         let mut up =
             Unpickler::new(&pkl[..], |pid: Value| parse_storage_pid(&pid, false).map(|s| Value::Storage(Rc::new(s))));
         up.load().map_err(|e| pickle_err(path, &pkl_name, 0, e))?
     };
     let sd = select_state_dict(&root).map_err(|found| IoError::NotAStateDict { path: path.to_path_buf(), found })?;
+    drop(root);
+    drop(pkl);
 
     // Read each storage once; keep it only while tensors still need it.
     let mut remaining: HashMap<String, usize> = HashMap::new();
@@ -338,7 +422,8 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
         let data = match cache.get(key) {
             Some(d) => d.clone(),
             None => {
-                let d = Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"))?);
+                let want = storage_nbytes(path, &t.storage)? as u64;
+                let d = Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"), Some(want), u64::MAX, &mut limit)?);
                 cache.insert(key.clone(), d.clone());
                 d
             }
@@ -354,6 +439,7 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
 }
 
 fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
+    let file_len = file.metadata().map_err(|e| IoError::io(path, "read the checkpoint's size", e))?.len();
     let mut reader = BufReader::new(file);
     let mut pos = 0u64;
     let mut no_pid =
@@ -474,7 +560,16 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
                 format!("a record of {count} elements at byte {}", pos - 8),
             ));
         }
-        let nbytes = numel * dtype.size();
+        let nbytes = numel.checked_mul(dtype.size()).filter(|&n| n as u64 <= file_len.saturating_sub(pos)).ok_or_else(|| {
+            IoError::format(
+                path,
+                format!(
+                    "storage {key:?} ({numel} x {dtype:?}) to fit in the {} bytes left after byte {pos}",
+                    file_len.saturating_sub(pos)
+                ),
+                "a declared size larger than the file (truncated or corrupt)",
+            )
+        })?;
         if needed.contains(key.as_str()) {
             let mut buf = vec![0u8; nbytes];
             reader.read_exact(&mut buf).map_err(|e| {

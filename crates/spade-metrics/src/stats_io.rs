@@ -2,7 +2,7 @@
 //! `sigma` (`(D, D)`, float64), as written by `np.savez(path, mu=mu, sigma=sigma)` and read by
 //! `np.load(path)["mu"]`. Reading accepts stored or deflated entries (`np.savez_compressed`),
 //! little-endian `<f8` or `<f4`, C or Fortran order.
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use crate::error::{MetricsError, Result};
@@ -57,22 +57,24 @@ pub fn parse_npy(bytes: &[u8], what: &str) -> std::result::Result<NpyArray, Stri
         let n = part.trim_end_matches('L').parse::<usize>().map_err(|_| format!("{what}: bad shape entry {part:?}"))?;
         shape.push(n);
     }
-    let count: usize = shape.iter().product();
     let body = &bytes[hstart + hlen..];
-    let data: Vec<f64> = match descr {
-        "<f8" | "f8" => {
-            if body.len() < count * 8 {
-                return Err(format!("{what}: {} data bytes, expected {}", body.len(), count * 8));
-            }
-            body.chunks_exact(8).take(count).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
-        }
-        "<f4" | "f4" => {
-            if body.len() < count * 4 {
-                return Err(format!("{what}: {} data bytes, expected {}", body.len(), count * 4));
-            }
-            body.chunks_exact(4).take(count).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
-        }
+    let width = match descr {
+        "<f8" | "f8" => 8,
+        "<f4" | "f4" => 4,
         d => return Err(format!("{what}: dtype {d:?}, expected '<f8' or '<f4'")),
+    };
+    // Checked against the bytes present before anything is allocated.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &n| a.checked_mul(n))
+        .filter(|c| c.checked_mul(width).is_some_and(|b| b <= body.len()))
+        .ok_or_else(|| {
+            format!("{what}: shape {shape:?} of {descr} needs more than the {} data bytes present", body.len())
+        })?;
+    let data: Vec<f64> = if width == 8 {
+        body.chunks_exact(8).take(count).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    } else {
+        body.chunks_exact(4).take(count).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
     };
     let data = if fortran && shape.len() == 2 {
         let (r, c) = (shape[0], shape[1]);
@@ -117,18 +119,26 @@ pub fn npy_bytes(shape: &[usize], data: &[f64]) -> Vec<u8> {
 pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     let err = |msg: String| MetricsError::Stats { path: path.to_path_buf(), msg };
     let file = std::fs::File::open(path).map_err(|e| MetricsError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| MetricsError::io(path, e))?.len();
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| err(format!("not a zip (.npz) archive: {e}")))?;
+    // Entries are read through a limit: never more than the file holds (stored) or a
+    // bounded multiple of it (deflated), whatever sizes they declare.
+    let mut budget = spade_io::limits::EntryBudget::new(file_len);
     let mut out = Vec::new();
     for i in 0..zip.len() {
-        let mut entry = zip.by_index(i).map_err(|e| err(format!("zip entry {i}: {e}")))?;
+        let entry = zip.by_index(i).map_err(|e| err(format!("zip entry {i}: {e}")))?;
         let name = entry.name().to_string();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(|e| err(format!("reading entry {name}: {e}")))?;
+        let bytes = budget.read(path, &name, entry, None, u64::MAX).map_err(|e| err(strip_path(&e.to_string(), path)))?;
         let arr = parse_npy(&bytes, &name).map_err(err)?;
         out.push((name.trim_end_matches(".npy").to_string(), arr));
     }
     Ok(out)
+}
+
+/// An `IoError` message without its leading `path: ` (the caller's error names the file).
+fn strip_path(msg: &str, path: &Path) -> String {
+    msg.strip_prefix(&format!("{}: ", path.display())).unwrap_or(msg).to_string()
 }
 
 /// Loads pytorch-fid statistics (`mu`, `sigma`) from an `.npz`.
@@ -222,6 +232,75 @@ mod tests {
         assert_eq!(names, vec!["mu", "sigma"]);
         assert_eq!(t[1].1.dtype(), candle_core::DType::F64);
         assert_eq!(t[1].1.to_vec2::<f64>().unwrap(), vec![vec![2.0, 0.1], vec![0.1, 3.0]]);
+    }
+
+    fn npy_with_header(h: &str, body: &[u8]) -> Vec<u8> {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn hostile_npy_headers_are_errors() {
+        let cases = [
+            // Fortran-order sigma whose shape product overflows (issue 15).
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (4294967296, 4294967297), }",
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615, 2), }",
+            // More elements than bytes.
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (100000, 100000), }",
+            // Wrong dtype, missing keys, bad shape entries.
+            "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }",
+            "{'descr': '<f8', 'shape': (2,), }",
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (2, x), }",
+        ];
+        for h in cases {
+            let e = parse_npy(&npy_with_header(h, &[0u8; 64]), "sigma.npy").unwrap_err();
+            assert!(e.starts_with("sigma.npy: "), "{h}: {e}");
+        }
+        // Truncations of a sound file.
+        let b = npy_bytes(&[2, 3], &[1.0; 6]);
+        for cut in 0..b.len() {
+            assert!(parse_npy(&b[..cut], "t").is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn overflowing_sigma_in_an_npz_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad_sigma.npz");
+        let f = std::fs::File::create(&p).unwrap();
+        let mut zip = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("mu.npy", opts).unwrap();
+        zip.write_all(&npy_bytes(&[2], &[0.0, 1.0])).unwrap();
+        zip.start_file("sigma.npy", opts).unwrap();
+        let h = "{'descr': '<f8', 'fortran_order': True, 'shape': (4294967296, 4294967297), }";
+        zip.write_all(&npy_with_header(h, &[0u8; 32])).unwrap();
+        zip.finish().unwrap();
+        let e = load_stats(&p).unwrap_err().to_string();
+        assert!(e.contains("bad_sigma.npz") && e.contains("sigma.npy") && e.contains("shape"), "{e}");
+    }
+
+    #[test]
+    fn inflating_npz_entry_is_refused() {
+        // A deflated entry of 100 MiB of zeros (about 100 KB on disk): over the 64 MiB budget.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb.npz");
+        let f = std::fs::File::create(&p).unwrap();
+        let mut zip = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .compression_level(Some(1));
+        zip.start_file("mu.npy", opts).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..100 {
+            zip.write_all(&zeros).unwrap();
+        }
+        zip.finish().unwrap();
+        let e = load_stats(&p).unwrap_err().to_string();
+        assert!(e.contains("bomb.npz") && e.contains("mu.npy") && e.contains("inflating"), "{e}");
     }
 
     #[test]

@@ -414,6 +414,24 @@ impl NetOptions {
         if self.ngf == 0 {
             return Err(opt("ngf", "0".into(), "at least 1"));
         }
+        for (name, v, lo, hi) in [
+            ("ndf", self.ndf, 1, 4096),
+            ("output_nc", self.output_nc, 1, 64),
+            ("z_dim", self.z_dim, 1, 65536),
+            ("num_D", self.num_d, 1, 8),
+            ("n_layers_D", self.n_layers_d, 1, 8),
+            ("resnet_kernel_size", self.resnet_kernel_size, 1, 31),
+            ("resnet_initial_kernel_size", self.resnet_initial_kernel_size, 1, 31),
+            ("resnet_n_downsample", self.resnet_n_downsample, 0, 8),
+            ("resnet_n_blocks", self.resnet_n_blocks, 0, 64),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(opt(name, v.to_string(), &format!("an integer in {lo}..={hi}")));
+            }
+        }
+        if !(self.init_variance.is_finite() && (0.0..=1.0).contains(&self.init_variance)) {
+            return Err(opt("init_variance", format!("{:?}", self.init_variance), "a finite number in [0, 1]"));
+        }
         if !(self.aspect_ratio > 0.0) {
             return Err(opt("aspect_ratio", self.aspect_ratio.to_string(), "a positive number"));
         }

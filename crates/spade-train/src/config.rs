@@ -11,6 +11,9 @@ pub enum ConfigError {
     File { file: PathBuf, message: String },
     #[error("--set {arg}: {message}")]
     Set { arg: String, message: String },
+    /// A value outside its allowed range: one line naming the key, the value and the range.
+    #[error("config value {key} = {value} is out of range: expected {allowed}")]
+    Range { key: String, value: String, allowed: String },
     #[error(transparent)]
     Model(#[from] spade_models::Error),
     #[error(transparent)]
@@ -203,7 +206,24 @@ impl ExperimentConfig {
         for arg in sets {
             apply_set(&mut value, arg)?;
         }
-        serde_yaml_ng::from_value(value).map_err(|e| file_err(e.to_string()))
+        let cfg: Self = serde_yaml_ng::from_value(value).map_err(|e| file_err(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value against its allowed range (each section's `validate`), so that a
+    /// bad value is one line naming it before anything runs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.data.validate().map_err(|e| match e {
+            spade_data::DataError::Config { option, value, expected } => {
+                ConfigError::Range { key: format!("data.{option}"), value, allowed: expected }
+            }
+            e => ConfigError::Data(e),
+        })?;
+        self.model.validate()?;
+        self.loss.validate()?;
+        self.train.validate()?;
+        self.eval.validate()
     }
 
     pub fn to_yaml(&self) -> String {
@@ -243,6 +263,90 @@ impl ExperimentConfig {
         };
         o.validate()?;
         Ok(o)
+    }
+}
+
+fn range_err(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError::Range { key: key.into(), value: value.to_string(), allowed: allowed.into() }
+}
+
+/// `value` within `lo..=hi`.
+fn check_int(key: &str, value: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {
+    if value < lo || value > hi {
+        return Err(range_err(key, value, &format!("an integer in {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// `value` finite, within `[lo, hi]` (or `(lo, hi]` with `open_lo`, `[lo, hi)` with `open_hi`).
+fn check_float(key: &str, value: f64, lo: f64, hi: f64, open_lo: bool, open_hi: bool) -> Result<(), ConfigError> {
+    let above = if open_lo { value > lo } else { value >= lo };
+    let below = if open_hi { value < hi } else { value <= hi };
+    let ok = value.is_finite() && above && below;
+    if !ok {
+        let range = format!("{}{lo}, {hi}{}", if open_lo { "(" } else { "[" }, if open_hi { ")" } else { "]" });
+        return Err(range_err(key, format!("{value:?}"), &format!("a finite number in {range}")));
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// Ranges of the `model:` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_int("model.ngf", self.ngf, 1, 4096)?;
+        check_int("model.ndf", self.ndf, 1, 4096)?;
+        check_int("model.z_dim", self.z_dim, 1, 65536)?;
+        check_int("model.num_D", self.num_D, 1, 8)?;
+        check_int("model.n_layers_D", self.n_layers_D, 1, 8)?;
+        check_int("model.resnet_n_downsample", self.resnet_n_downsample, 0, 8)?;
+        check_int("model.resnet_n_blocks", self.resnet_n_blocks, 0, 64)?;
+        check_int("model.resnet_kernel_size", self.resnet_kernel_size, 1, 31)?;
+        check_int("model.resnet_initial_kernel_size", self.resnet_initial_kernel_size, 1, 31)?;
+        check_float("model.init_variance", self.init_variance, 0.0, 1.0, false, false)
+    }
+}
+
+impl LossConfig {
+    /// Ranges of the `loss:` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_float("loss.lambda_feat", self.lambda_feat, 0.0, 1e6, false, false)?;
+        check_float("loss.lambda_vgg", self.lambda_vgg, 0.0, 1e6, false, false)?;
+        check_float("loss.lambda_kld", self.lambda_kld, 0.0, 1e6, false, false)
+    }
+}
+
+impl TrainConfig {
+    /// Ranges of the `train:` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_float("train.lr", self.lr, 0.0, 1.0, true, false)?;
+        check_float("train.beta1", self.beta1, 0.0, 1.0, false, true)?;
+        check_float("train.beta2", self.beta2, 0.0, 1.0, false, true)?;
+        check_int("train.batch_size", self.batch_size, 1, 4096)?;
+        check_int("train.accumulate", self.accumulate, 1, self.batch_size)?;
+        if self.batch_size % self.accumulate != 0 {
+            return Err(range_err(
+                "train.accumulate",
+                self.accumulate,
+                &format!("a divisor of train.batch_size ({})", self.batch_size),
+            ));
+        }
+        check_int("train.D_steps_per_G", self.D_steps_per_G, 1, 1000)?;
+        if self.niter.checked_add(self.niter_decay).is_none_or(|e| e > 1_000_000) {
+            return Err(range_err(
+                "train.niter + train.niter_decay",
+                format!("{} + {}", self.niter, self.niter_decay),
+                "at most 1000000 epochs",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EvalConfig {
+    /// Ranges of the `eval:` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_int("eval.num_samples", self.num_samples, 1, 10_000_000)?;
+        check_int("eval.batch_size", self.batch_size, 1, 4096)
     }
 }
 
@@ -301,5 +405,39 @@ mod tests {
         assert!(e.contains("learning_rate"), "{e}");
         let e = ExperimentConfig::from_yaml(SMOKE, &["model.ngf".into()]).unwrap_err().to_string();
         assert!(e.contains("expected key.path=value"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_one_line_naming_key_value_and_range() {
+        let cases = [
+            ("train.batch_size=0", "train.batch_size = 0", "1..=4096"),
+            ("model.init_variance=.inf", "model.init_variance = inf", "finite"),
+            ("model.init_variance=-0.5", "model.init_variance = -0.5", "[0, 1]"),
+            ("model.init_variance=.nan", "model.init_variance = NaN", "finite"),
+            ("model.num_D=0", "model.num_D = 0", "1..=8"),
+            ("model.n_layers_D=0", "model.n_layers_D = 0", "1..=8"),
+            ("model.ndf=0", "model.ndf = 0", "1..=4096"),
+            ("train.lr=0", "train.lr = 0.0", "(0, 1]"),
+            ("train.lr=-1e-4", "train.lr = -0.0001", "(0, 1]"),
+            ("train.beta1=1.0", "train.beta1 = 1.0", "[0, 1)"),
+            ("train.beta2=.nan", "train.beta2 = NaN", "[0, 1)"),
+            ("train.accumulate=0", "train.accumulate = 0", "1..=2"),
+            ("train.accumulate=3", "train.accumulate = 3", "1..=2"),
+            ("train.D_steps_per_G=0", "train.D_steps_per_G = 0", "1..=1000"),
+            ("loss.lambda_feat=-1", "loss.lambda_feat = -1.0", "[0, 1000000]"),
+            ("eval.batch_size=0", "eval.batch_size = 0", "1..=4096"),
+            ("data.crop_size=0", "data.crop_size = 0", "1..=65536"),
+            ("data.aspect_ratio=.inf", "data.aspect_ratio = inf", "(0, 1000]"),
+            ("data.label_nc=0", "data.label_nc = 0", "1..=65536"),
+        ];
+        for (set, key_value, range) in cases {
+            let e = ExperimentConfig::from_yaml(SMOKE, &[set.into()]).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, ConfigError::Range { .. }), "{set}: {msg}");
+            assert!(msg.contains(key_value) && msg.contains(range) && !msg.contains('\n'), "{set}: {msg}");
+        }
+        // The defaults and the smoke config are in range.
+        ExperimentConfig::from_yaml(SMOKE, &[]).unwrap();
+        ExperimentConfig::from_yaml("data:\n  dataset_mode: synthetic\n", &[]).unwrap();
     }
 }

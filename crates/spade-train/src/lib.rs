@@ -4,5 +4,6 @@ pub mod config;
 pub mod evaluate;
 pub mod optim;
 pub mod run;
+pub mod rundir;
 pub mod segmenter;
 pub mod trainer;

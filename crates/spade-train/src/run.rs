@@ -114,11 +114,10 @@ pub fn lr_at_epoch(lr: f64, niter: usize, niter_decay: usize, epoch: usize) -> f
     (lr - lr / niter_decay as f64 * (epoch - niter) as f64).max(0.0)
 }
 
-/// The directory the `latest` pointer of a run names.
+/// The directory the `latest` pointer of a run names, or the newest complete checkpoint when
+/// `latest` is missing or dangling (see [`crate::rundir::resolve_latest`]).
 pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
-    let name = std::fs::read_to_string(run.join("latest")).ok()?;
-    let dir = run.join("checkpoints").join(name.trim());
-    dir.join("state.json").is_file().then_some(dir)
+    crate::rundir::resolve_latest(run).map(|l| l.dir)
 }
 
 /// Builds (N, C, H, W) semantics and (N, 3, H, W) real images from loader samples.
@@ -198,6 +197,14 @@ fn write_checkpoint(run: &Path, tr: &Trainer, state: &CheckpointState, cfg_yaml:
     std::fs::create_dir_all(&ckdir).map_err(|e| file_err(&ckdir, e))?;
     let name = format!("iter_{:08}", state.iteration);
     let tmp = ckdir.join(format!(".tmp_{name}"));
+    // Non-finite weights never become the last good checkpoint.
+    crate::rundir::check_finite("G", &tr.nets.g_store.state_dict(), &ckdir.join(&name))?;
+    if tr.has_discriminator() {
+        crate::rundir::check_finite("D", &tr.nets.d_store.state_dict(), &ckdir.join(&name))?;
+    }
+    if let Some((_, s)) = &tr.nets.e {
+        crate::rundir::check_finite("E", &s.state_dict(), &ckdir.join(&name))?;
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
     store_to_file(&tr.nets.g_store, &tmp.join("latest_net_G.safetensors"))?;
@@ -219,18 +226,13 @@ fn write_checkpoint(run: &Path, tr: &Trainer, state: &CheckpointState, cfg_yaml:
     write(tmp.join("config.yaml"), cfg_yaml.to_string())?;
     write(tmp.join("state.json"), serde_json::to_string_pretty(state).expect("state"))?;
     let dest = ckdir.join(&name);
+    crate::rundir::sync_dir(&tmp)?;
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest).map_err(|e| file_err(&dest, e))?;
+    // The checkpoint's rename is durable before `latest` names it.
+    crate::rundir::sync_dir(&ckdir)?;
     write(run.join("latest"), name.clone())?;
-    let mut all: Vec<_> = std::fs::read_dir(&ckdir)
-        .map_err(|e| file_err(&ckdir, e))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
-        .filter(|n| n.starts_with("iter_"))
-        .collect();
-    all.sort();
-    for old in all.iter().rev().skip(2) {
-        let _ = std::fs::remove_dir_all(ckdir.join(old));
-    }
+    crate::rundir::prune_checkpoints(run, &name)?;
     Ok(dest)
 }
 
@@ -328,6 +330,9 @@ fn save_grid_n(path: &Path, samples: &[Sample], fake: &Tensor, n: usize) -> Resu
 pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let run = &ro.output_dir;
     std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
+    // One run per directory; then whatever a killed run left half-written goes.
+    let _lock = crate::rundir::RunLock::acquire(run)?;
+    crate::rundir::sweep_stale_temps(run)?;
     let cfg_yaml = cfg.to_yaml();
     let cfg_path = run.join("config.yaml");
     if ro.resume {
@@ -366,8 +371,12 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let mut start = 0usize;
     let mut last_ck = String::from("none (no checkpoint written yet)");
     if ro.resume {
-        let dir = latest_checkpoint(run)
+        let latest = crate::rundir::resolve_latest(run)
             .ok_or_else(|| file_err(run, "--resume: no checkpoint (no `latest` pointing at a complete checkpoint)"))?;
+        if let Some(note) = &latest.fallback {
+            eprintln!("warning: {note}");
+        }
+        let dir = latest.dir;
         let st = load_checkpoint(&dir, &mut tr)?;
         start = st.iteration;
         last_ck = dir.display().to_string();
@@ -409,18 +418,9 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
 
     // Loss log: keep the lines of iterations before the resume point.
     let log_path = run.join("losses.jsonl");
-    let kept: String = std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["iter"].as_u64())
-                .is_some_and(|i| (i as usize) < start)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&log_path, kept).map_err(|e| file_err(&log_path, e))?;
+    // (Complete lines only: a killed run's partial last line is dropped; replaced atomically.)
+    let kept = crate::rundir::read_log_before(&log_path, start);
+    spade_io::atomic::write_atomic(&log_path, |f| f.write_all(kept.as_bytes()))?;
     let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| file_err(&log_path, e))?;
     std::fs::create_dir_all(run.join("samples")).map_err(|e| file_err(run, e))?;
 
@@ -471,7 +471,7 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
             "elapsed_s": t0.elapsed().as_secs_f64(),
             "l1_fake_real": l1,
         });
-        writeln!(log, "{line}").map_err(|e| file_err(&log_path, e))?;
+        crate::rundir::append_line(&mut log, &log_path, &line.to_string())?;
         bar.set_message(losses.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(" "));
         bar.inc(1);
         let done = it + 1;

@@ -1,0 +1,49 @@
+//! Property-based mutation tests of the statistics reader: random mutations of a valid
+//! pytorch-fid `.npz` (stored and deflated) load as `Ok` or an error naming the file, never a
+//! panic, and within a memory bound.
+
+#[path = "../../spade-io/tests/support/mutate.rs"]
+mod mutate;
+
+use std::path::Path;
+
+use mutate::{check_mutations, CASES};
+use spade_metrics::frechet::GaussianStats;
+
+fn load(path: &Path) -> Result<(), String> {
+    spade_metrics::stats_io::load_stats(path).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn stats(dim: usize) -> GaussianStats {
+    let mu: Vec<f64> = (0..dim).map(|i| i as f64 * 0.5).collect();
+    let mut sigma = vec![0.0; dim * dim];
+    for i in 0..dim {
+        sigma[i * dim + i] = 1.0 + i as f64;
+    }
+    GaussianStats { mu, sigma, dim }
+}
+
+#[test]
+fn mutated_npz_is_ok_or_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stats.npz");
+    spade_metrics::stats_io::save_stats(&p, &stats(8)).unwrap();
+    check_mutations("stats.npz", &std::fs::read(&p).unwrap(), CASES, load);
+}
+
+#[test]
+fn mutated_deflated_npz_is_ok_or_an_error() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stats_c.npz");
+    let s = stats(6);
+    let f = std::fs::File::create(&p).unwrap();
+    let mut zip = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("mu.npy", opts).unwrap();
+    zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6], &s.mu)).unwrap();
+    zip.start_file("sigma.npy", opts).unwrap();
+    zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6, 6], &s.sigma)).unwrap();
+    zip.finish().unwrap();
+    check_mutations("stats_c.npz", &std::fs::read(&p).unwrap(), CASES, load);
+}
