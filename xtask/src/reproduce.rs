@@ -1,12 +1,11 @@
 //! `cargo xtask reproduce <table>`: every row of `experiments/<table>.yaml` trained (or reused
 //! when a finished run has the same resolved config), evaluated, and reported.
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use serde::Deserialize;
 use spade_train::config::ExperimentConfig;
 use spade_train::evaluate::evaluate_run;
 use spade_train::run::{train, RunOptions};
-use spade_train::segmenter::{SegmenterSpec, SyntheticSegmenter};
+use spade_train::segmenter::SegmenterSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +17,7 @@ pub struct Args {
     /// smoke, mini (the default) or paper.
     #[arg(long, default_value = "mini")]
     pub profile: String,
-    /// synthetic (built in), coco-stuff, ade20k, cityscapes or folder.
+    /// synthetic (built in), coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder.
     #[arg(long, default_value = "synthetic")]
     pub dataset: String,
     #[arg(long)]
@@ -32,6 +31,9 @@ pub struct Args {
     /// Extra overrides for every row (`--set train.lr=0.0001`).
     #[arg(long = "set")]
     pub sets: Vec<String>,
+    /// `--cuda`, and the segmenter and FID weights (resolved before any row trains).
+    #[command(flatten)]
+    pub eval: crate::eval_setup::EvalArgs,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,9 +155,10 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> R
         let mode = match args.dataset.as_str() {
             "coco-stuff" | "coco" => "coco",
             "ade20k" => "ade20k",
+            "ade20k-outdoor" | "ade20k_outdoor" => "ade20k_outdoor",
             "cityscapes" => "cityscapes",
             "folder" | "custom" => "custom",
-            other => bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, cityscapes or folder"),
+            other => bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder"),
         };
         let root = args.data_root.as_ref().context("--dataset needs --data-root")?;
         sets.push(format!("data.dataset_mode={mode}"));
@@ -189,22 +192,17 @@ pub fn run(args: Args) -> Result<()> {
     let root = workspace_root();
     let runs = runs_dir(&t.table, &args.profile);
     std::fs::create_dir_all(&runs)?;
-    let device = Device::Cpu;
-    let segmenter = if args.dataset == "synthetic" {
-        let spec = profile.segmenter.context("the profile has no segmenter settings for the synthetic dataset")?;
-        eprintln!("segmenter: loading or training the synthetic segmentation network ({} iterations)", spec.iterations);
-        Some(SyntheticSegmenter::load_or_train(&root.join("runs/cache"), spec, &device, true)?)
-    } else {
-        eprintln!(
-            "segmentation metrics: no segmentation network for {} in this build; reported as unavailable",
-            args.dataset
-        );
-        None
-    };
     for row in rows.iter().filter(|r| r.not_run.is_some()) {
         eprintln!("{}: not run: {}", row.id, row.not_run.as_deref().unwrap_or(""));
     }
     let rows: Vec<&Row> = rows.into_iter().filter(|r| r.not_run.is_none()).collect();
+    // Every file the evaluation needs, found and opened before any row trains.
+    let first = match rows.first() {
+        Some(r) => row_config(&t, profile, r, &args)?,
+        None => return crate::report::build(&t, &args.profile),
+    };
+    let eval = crate::eval_setup::prepare(&args.eval, &first, profile.segmenter, &root.join("runs/cache"))?;
+    let device = eval.device.clone();
     let job = JobBar::new(rows.len());
     for (i, row) in rows.iter().enumerate() {
         job.start_row(i, row);
@@ -237,8 +235,9 @@ pub fn run(args: Args) -> Result<()> {
         let train_s = t0.elapsed().as_secs_f64();
         job.evaluating(i, row);
         let t1 = Instant::now();
-        evaluate_run(&dir, &cfg, segmenter.as_ref().map(|s| s as &dyn spade_metrics::Segmenter), None, &device)
+        evaluate_run(&dir, &cfg, eval.segmenter(), eval.fid(), &device)
             .with_context(|| format!("evaluating row {}", row.id))?;
+        eval.setup.write(&dir)?;
         let row_info = serde_json::json!({
             "table": t.table, "row": row.id, "method": row.method, "profile": args.profile,
             "profile_scale": profile.scale, "dataset": args.dataset,
