@@ -542,7 +542,7 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
     }
     let flag_remedy = |w: &WeightFile| {
         format!(
-            "download {} ({}) and pass it with --segmenter-weights{}, or put it in a hub repository of yours and pass --segmenter-hub org/name",
+            "download {} ({}) and pass it with --segmenter-weights{}, or put it in a hub repository of yours and pass --segmenter-hub org/name (or score without a segmenter: --segmenter none)",
             w.file,
             w.url,
             if wanted.len() > 1 { format!(" ({} in this order)", wanted.iter().map(|w| w.file).collect::<Vec<_>>().join(" ")) } else { String::new() }
