@@ -66,8 +66,7 @@ pub fn prepare(
 ) -> Result<Evaluation> {
     let device = device(args.cuda)?;
     let mode = cfg.data.dataset_mode;
-    let requirement =
-        if mode == DatasetMode::Synthetic { FidRequirement::IfGiven } else { FidRequirement::Required };
+    let requirement = if mode == DatasetMode::Synthetic { FidRequirement::IfGiven } else { FidRequirement::Required };
     let setup = resolve_evaluation(mode, &args.weights, requirement)?;
     let source = synthetic.map(|spec| SyntheticSource { cache_dir: cache_dir.to_path_buf(), spec, progress: true });
     if setup.segmenter == spade_train::protocol::SegmenterKind::Synthetic && source.is_none() {

@@ -158,7 +158,9 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args) -> R
             "ade20k-outdoor" | "ade20k_outdoor" => "ade20k_outdoor",
             "cityscapes" => "cityscapes",
             "folder" | "custom" => "custom",
-            other => bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder"),
+            other => {
+                bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder")
+            }
         };
         let root = args.data_root.as_ref().context("--dataset needs --data-root")?;
         sets.push(format!("data.dataset_mode={mode}"));

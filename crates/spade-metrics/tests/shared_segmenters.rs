@@ -103,7 +103,8 @@ struct Entry {
 }
 
 fn entries(manifest: &Value, list: &str) -> Vec<Entry> {
-    let cols: Vec<&str> = manifest["columns"].as_array().expect("columns").iter().map(|c| c.as_str().unwrap()).collect();
+    let cols: Vec<&str> =
+        manifest["columns"].as_array().expect("columns").iter().map(|c| c.as_str().unwrap()).collect();
     let col = |name: &str| cols.iter().position(|c| *c == name).unwrap_or_else(|| panic!("manifest column {name}"));
     let (ck, ckey, cshape, csum, cfirst, clast) =
         (col("k"), col("key"), col("shape"), col("sum"), col("first"), col("last"));
@@ -219,7 +220,10 @@ fn check_logits(what: &str, got: &Tensor, want: &Tensor) -> f64 {
     let (err, scale) = compare(what, got, want);
     let rel = err / scale;
     println!("  {what}: max abs error {err:.3e} over max |ref| {scale:.3e} = {rel:.3e} relative");
-    assert!(rel <= LOGIT_REL_TOL, "{what}: max abs error {err:.3e} is {rel:.3e} of max |ref| {scale:.3e} (> {LOGIT_REL_TOL})");
+    assert!(
+        rel <= LOGIT_REL_TOL,
+        "{what}: max abs error {err:.3e} is {rel:.3e} of max |ref| {scale:.3e} (> {LOGIT_REL_TOL})"
+    );
     rel
 }
 
@@ -309,10 +313,8 @@ fn check_case(
     // Predictions of the whole pipeline from the image.
     let (_, _, h, w) = img.dims4().unwrap();
     assert_eq!(segmenter.input_resolution(), (h, w));
-    let pred: Vec<u32> = flat(&segmenter.segment(&img).unwrap().to_dtype(DType::F32).unwrap())
-        .into_iter()
-        .map(|v| v as u32)
-        .collect();
+    let pred: Vec<u32> =
+        flat(&segmenter.segment(&img).unwrap().to_dtype(DType::F32).unwrap()).into_iter().map(|v| v as u32).collect();
     let (want, ph, pw) = png_gray(&dir.join("pred.png"));
     assert_eq!((ph, pw), (h, w), "pred.png size");
     let ref_margin = flat(&npy(&dir.join("up_margin.npy")));
@@ -349,7 +351,10 @@ fn check_case(
     let m = &case["metrics"];
     let (acc, miou) = (m["pixel_accuracy"].as_f64().unwrap(), m["miou"].as_f64().unwrap());
     assert_eq!(s.pixels, m["valid_pixels"].as_u64().unwrap(), "valid pixels");
-    println!("  pixel accuracy {:.6} (reference {acc:.6}), mIoU {:.6} (reference {miou:.6})", s.pixel_accuracy, s.mean_iou);
+    println!(
+        "  pixel accuracy {:.6} (reference {acc:.6}), mIoU {:.6} (reference {miou:.6})",
+        s.pixel_accuracy, s.mean_iou
+    );
     if mismatch == 0 {
         assert!((s.pixel_accuracy - acc).abs() < 1e-12 && (s.mean_iou - miou).abs() < 1e-12, "metrics differ");
     } else {
@@ -392,14 +397,23 @@ fn deeplabv2_matches_deeplab_pytorch() {
     for case_dir in cases(&dir) {
         let case = read_json(&case_dir.join("case.json"));
         let [_, _, h, w] = <[usize; 4]>::try_from(
-            case["shapes"]["input"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect::<Vec<_>>(),
+            case["shapes"]["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect::<Vec<_>>(),
         )
         .unwrap();
         // Every scale of the MSC wrapper on its own.
         let x = npy(&case_dir.join("input.npy"));
         for (p, file) in [(1.0, "base_s1.00.npy"), (0.5, "base_s0.50.npy"), (0.75, "base_s0.75.npy")] {
             let xs = if p == 1.0 { x.clone() } else { resize_bilinear_by_factor(&x, p).unwrap() };
-            check_logits(&format!("base network at scale {p}"), &net.forward_base(&xs).unwrap(), &npy(&case_dir.join(file)));
+            check_logits(
+                &format!("base network at scale {p}"),
+                &net.forward_base(&xs).unwrap(),
+                &npy(&case_dir.join(file)),
+            );
         }
         let run = |x: &Tensor| {
             let logits = net.forward(x).unwrap();
@@ -462,7 +476,9 @@ fn upernet_resnet101_matches_csail() {
         let (_, h, w) = png_gray(&case_dir.join("pred.png"));
         let seg = UperNetSegmenter::from_nets(enc.clone(), dec.clone(), &cfg, (h, w), "formula".into(), &dev);
         // ADE20K: raw 0 is don't care, raw v is class v - 1.
-        figs.push(check_case(&case_dir, &upernet::preprocessing(), &run, &seg, 150, |v| v.checked_sub(1).filter(|&c| c < 150)));
+        figs.push(check_case(&case_dir, &upernet::preprocessing(), &run, &seg, 150, |v| {
+            v.checked_sub(1).filter(|&c| c < 150)
+        }));
     }
     summary("upernet", &figs);
 }

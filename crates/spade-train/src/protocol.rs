@@ -158,11 +158,7 @@ impl SegmenterKind {
             return Err(invalid(
                 &format!("weight files of the {} segmenter", self.name()),
                 format!("{} file(s)", files.len()),
-                format!(
-                    "{} file(s): {}",
-                    want.len(),
-                    want.iter().map(|w| w.file).collect::<Vec<_>>().join(" then ")
-                ),
+                format!("{} file(s): {}", want.len(), want.iter().map(|w| w.file).collect::<Vec<_>>().join(" then ")),
             ));
         }
         Ok(match self {
@@ -192,8 +188,17 @@ fn open_segformer(config: &Path, weights: &Path, res: (usize, usize), device: &D
 }
 
 #[cfg(not(feature = "segformer"))]
-fn open_segformer(_config: &Path, _weights: &Path, _res: (usize, usize), _device: &Device) -> Result<Box<dyn Segmenter>> {
-    Err(invalid("--segmenter", "segformer", "a build with the `segformer` feature (cargo build -p spade-cli --features segformer)"))
+fn open_segformer(
+    _config: &Path,
+    _weights: &Path,
+    _res: (usize, usize),
+    _device: &Device,
+) -> Result<Box<dyn Segmenter>> {
+    Err(invalid(
+        "--segmenter",
+        "segformer",
+        "a build with the `segformer` feature (cargo build -p spade-cli --features segformer)",
+    ))
 }
 
 impl fmt::Display for SegmenterKind {
@@ -437,7 +442,11 @@ pub struct MissingFiles(pub Vec<MissingFile>);
 
 impl fmt::Display for MissingFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "the evaluation needs {} file(s) that are not there (nothing was trained or scored):", self.0.len())?;
+        writeln!(
+            f,
+            "the evaluation needs {} file(s) that are not there (nothing was trained or scored):",
+            self.0.len()
+        )?;
         for (i, m) in self.0.iter().enumerate() {
             write!(f, "  {}. {}: {}\n     {}", i + 1, m.what, m.problem, m.remedy)?;
             if i + 1 < self.0.len() {
@@ -483,7 +492,10 @@ pub struct EvalSetup {
 fn hub_cache_layout(cache: &Option<PathBuf>, repo: &str, rev: &Option<String>, file: &str) -> String {
     format!(
         "{}/models--{}/snapshots/<commit>/{file}, with refs/{} holding <commit>",
-        cache.as_ref().map(|c| c.display().to_string()).unwrap_or_else(|| "$HF_HOME/hub (default ~/.cache/huggingface/hub)".into()),
+        cache
+            .as_ref()
+            .map(|c| c.display().to_string())
+            .unwrap_or_else(|| "$HF_HOME/hub (default ~/.cache/huggingface/hub)".into()),
         repo.replace('/', "--"),
         rev.as_deref().unwrap_or("main")
     )
@@ -538,7 +550,11 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
     let mut segmenter_files = Vec::new();
     let wanted = segmenter.weight_files();
     if wanted.is_empty() && (!flags.segmenter_weights.is_empty() || flags.segmenter_hub.is_some()) {
-        return Err(invalid("--segmenter-weights / --segmenter-hub", segmenter, "no weight files: this segmenter has none"));
+        return Err(invalid(
+            "--segmenter-weights / --segmenter-hub",
+            segmenter,
+            "no weight files: this segmenter has none",
+        ));
     }
     let flag_remedy = |w: &WeightFile| {
         format!(
@@ -552,7 +568,14 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
         if let Some(spec) = &flags.segmenter_hub {
             let (repo, file) = hub_spec("--segmenter-hub", spec)?;
             if file.is_some() && wanted.len() > 1 {
-                return Err(invalid("--segmenter-hub", spec, format!("org/name for {segmenter}, whose files are {}", wanted.iter().map(|w| w.file).collect::<Vec<_>>().join(" and "))));
+                return Err(invalid(
+                    "--segmenter-hub",
+                    spec,
+                    format!(
+                        "org/name for {segmenter}, whose files are {}",
+                        wanted.iter().map(|w| w.file).collect::<Vec<_>>().join(" and ")
+                    ),
+                ));
             }
             for w in &wanted {
                 let name = file.unwrap_or(w.file);
@@ -561,7 +584,11 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
                     Err(e) => missing.push(MissingFile {
                         what: format!("{} ({name})", w.what),
                         problem: e,
-                        remedy: format!("put it at {} (from {})", hub_cache_layout(&flags.hub_cache, repo, &flags.segmenter_revision, name), w.url),
+                        remedy: format!(
+                            "put it at {} (from {})",
+                            hub_cache_layout(&flags.hub_cache, repo, &flags.segmenter_revision, name),
+                            w.url
+                        ),
                     }),
                 }
             }
@@ -577,7 +604,11 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
             return Err(invalid(
                 "--segmenter-weights",
                 format!("{} file(s)", flags.segmenter_weights.len()),
-                format!("{} file(s) for {segmenter}: {}", wanted.len(), wanted.iter().map(|w| w.file).collect::<Vec<_>>().join(" then ")),
+                format!(
+                    "{} file(s) for {segmenter}: {}",
+                    wanted.len(),
+                    wanted.iter().map(|w| w.file).collect::<Vec<_>>().join(" then ")
+                ),
             ));
         } else {
             for (w, p) in wanted.iter().zip(&flags.segmenter_weights) {
@@ -594,7 +625,8 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
     }
     let fid_prefix = spade_metrics::weights::hash_prefix_from_filename(FID_WEIGHTS_FILE).unwrap_or_default();
     let fid_what = format!("pytorch-fid Inception weights ({FID_WEIGHTS_FILE})");
-    let fid_url = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
+    let fid_url =
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
     let mut fid_weights = None;
     let mut fid_off = None;
     let found = if flags.no_fid {
@@ -606,7 +638,13 @@ pub fn resolve_evaluation(mode: DatasetMode, flags: &EvalFlags, fid: FidRequirem
         let (repo, file) = hub_spec("--fid-hub", spec)?;
         let name = file.unwrap_or(FID_WEIGHTS_FILE);
         Some(from_hub(repo, name, &flags.fid_revision, flags).map_err(|e| {
-            (e, format!("put it at {} (from {fid_url})", hub_cache_layout(&flags.hub_cache, repo, &flags.fid_revision, name)))
+            (
+                e,
+                format!(
+                    "put it at {} (from {fid_url})",
+                    hub_cache_layout(&flags.hub_cache, repo, &flags.fid_revision, name)
+                ),
+            )
         }))
     } else if fid == FidRequirement::Required {
         Some(Err((
@@ -656,7 +694,9 @@ impl EvalSetup {
         Ok(match self.segmenter {
             SegmenterKind::None => None,
             SegmenterKind::Synthetic => {
-                let src = synthetic.ok_or_else(|| invalid("synthetic segmenter", "no cache", "a cache folder and training settings"))?;
+                let src = synthetic.ok_or_else(|| {
+                    invalid("synthetic segmenter", "no cache", "a cache folder and training settings")
+                })?;
                 Some(open_synthetic(src, device)?)
             }
             k => {

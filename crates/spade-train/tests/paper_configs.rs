@@ -22,7 +22,10 @@ fn paper_configs_are_the_papers_settings() {
         assert_eq!(o.output_size(), size, "{file}");
         assert_eq!((o.ngf, cfg.train.batch_size), (64, 32), "{file}");
         assert_eq!(cfg.train.niter + cfg.train.niter_decay, epochs, "{file}");
-        assert!(!cfg.loss.no_vgg_loss && cfg.loss.vgg_weights_hub.as_deref() == Some("timm/vgg19.tv_in1k:model.safetensors"));
+        assert!(
+            !cfg.loss.no_vgg_loss
+                && cfg.loss.vgg_weights_hub.as_deref() == Some("timm/vgg19.tv_in1k:model.safetensors")
+        );
         let p = Protocol::paper(mode);
         assert_eq!((p.segmenter, p.image_size), (seg, size), "{file}");
         assert_eq!(eval_label_size(&cfg.data).unwrap(), size, "{file}");

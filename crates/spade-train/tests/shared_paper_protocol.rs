@@ -87,14 +87,22 @@ fn coco_sample_smoke_run_is_scored_with_the_papers_segmenter_and_fid() {
     let (inception, sha) = setup.open_fid(&dev).unwrap().unwrap();
 
     let run = tmp.path().join("run");
-    let ro = RunOptions { output_dir: run.clone(), resume: false, max_iters: None, progress: false, device: dev.clone(), job: None };
+    let ro = RunOptions {
+        output_dir: run.clone(),
+        resume: false,
+        max_iters: None,
+        progress: false,
+        device: dev.clone(),
+        job: None,
+    };
     let summary = train(&cfg, &ro).unwrap();
     assert_eq!(summary.iterations, 2);
     let fid = FidNet { net: &inception, weights_sha256: sha };
     evaluate_run(&run, &cfg, Some(segmenter.as_ref()), Some(fid), &dev).unwrap();
     setup.write(&run).unwrap();
 
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     let seg = &m["segmentation"];
     for side in ["generated", "real_images"] {
         for dc in ["dontcare_ignore", "dontcare_count"] {
