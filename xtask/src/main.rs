@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod eval_setup;
 mod fetch_weights;
 mod plots;
 mod report;

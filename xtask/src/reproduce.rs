@@ -7,12 +7,11 @@
 //! included) and its evaluator's settings: rows of different tables with the same config are
 //! one run. Each run's `row.json` ([`RowInfo`]) records the code revision it was made at.
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use serde::Deserialize;
 use spade_train::config::ExperimentConfig;
 use spade_train::evaluate::evaluate_run;
 use spade_train::run::{train, RunOptions};
-use spade_train::segmenter::{SegmenterSpec, SyntheticSegmenter};
+use spade_train::segmenter::SegmenterSpec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +23,7 @@ pub struct Args {
     /// smoke, mini (the default) or paper.
     #[arg(long, default_value = "mini")]
     pub profile: String,
-    /// synthetic (built in), coco-stuff, ade20k, cityscapes or folder.
+    /// synthetic (built in), coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder.
     #[arg(long, default_value = "synthetic")]
     pub dataset: String,
     #[arg(long)]
@@ -45,6 +44,9 @@ pub struct Args {
     /// revisions). Without it, such runs are retrained.
     #[arg(long)]
     pub allow_other_revisions: bool,
+    /// `--cuda`, and the segmenter and FID weights (resolved before any row trains).
+    #[command(flatten)]
+    pub eval: crate::eval_setup::EvalArgs,
 }
 
 impl Args {
@@ -60,6 +62,7 @@ impl Args {
             sets: Vec::new(),
             seeds: None,
             allow_other_revisions: true,
+            eval: Default::default(),
         }
     }
 }
@@ -221,9 +224,12 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args, seed
         let mode = match args.dataset.as_str() {
             "coco-stuff" | "coco" => "coco",
             "ade20k" => "ade20k",
+            "ade20k-outdoor" | "ade20k_outdoor" => "ade20k_outdoor",
             "cityscapes" => "cityscapes",
             "folder" | "custom" => "custom",
-            other => bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, cityscapes or folder"),
+            other => {
+                bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder")
+            }
         };
         let root = args.data_root.as_ref().context("--dataset needs --data-root")?;
         sets.push(format!("data.dataset_mode={mode}"));
@@ -327,23 +333,17 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&store)?;
     let code_rev = code_revision(&root);
     let git_rev = spade_train::run::git_revision();
-    let device = Device::Cpu;
-    let segmenter = if args.dataset == "synthetic" {
-        let spec =
-            profile.segmenter.clone().context("the profile has no segmenter settings for the synthetic dataset")?;
-        eprintln!("segmenter: loading or training the synthetic segmentation network ({} iterations)", spec.iterations);
-        Some(SyntheticSegmenter::load_or_train(&root.join("runs/cache"), spec, &device, true)?)
-    } else {
-        eprintln!(
-            "segmentation metrics: no segmentation network for {} in this build; reported as unavailable",
-            args.dataset
-        );
-        None
-    };
     for row in rows.iter().filter(|r| r.not_run.is_some()) {
         eprintln!("{}: not run: {}", row.id, row.not_run.as_deref().unwrap_or(""));
     }
     let rows: Vec<&Row> = rows.into_iter().filter(|r| r.not_run.is_none()).collect();
+    // Every file the evaluation needs, found and opened before any row trains.
+    let first = match rows.first() {
+        Some(r) => row_config(&t, profile, r, &args)?,
+        None => return crate::report::build(&t, &args),
+    };
+    let eval = crate::eval_setup::prepare(&args.eval, &first, profile.segmenter.clone(), &root.join("runs/cache"))?;
+    let device = eval.device.clone();
     let seeds = seed_count(&args, profile);
     let jobs: Vec<(&Row, u64)> = rows.iter().flat_map(|r| (0..seeds as u64).map(move |s| (*r, s))).collect();
     let job = JobBar::new(jobs.len());
@@ -393,8 +393,9 @@ pub fn run(args: Args) -> Result<()> {
         let train_s = t0.elapsed().as_secs_f64();
         job.evaluating(i, row, seed);
         let t1 = Instant::now();
-        evaluate_run(&dir, &cfg, segmenter.as_ref().map(|s| s as &dyn spade_metrics::Segmenter), None, &device)
+        evaluate_run(&dir, &cfg, eval.segmenter(), eval.fid(), &device)
             .with_context(|| format!("evaluating row {} seed {seed}", row.id))?;
+        eval.setup.write(&dir)?;
         let info = RowInfo {
             table: t.table.clone(),
             row: row.id.clone(),

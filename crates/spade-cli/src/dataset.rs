@@ -34,6 +34,8 @@ enum DatasetCommand {
 enum Format {
     CocoStuff,
     Ade20k,
+    /// ADE20K's outdoor scenes (sceneCategories.txt).
+    Ade20kOutdoor,
     Cityscapes,
     Folder,
     Synthetic,
@@ -44,6 +46,7 @@ impl Format {
         match self {
             Format::CocoStuff => DatasetMode::Coco,
             Format::Ade20k => DatasetMode::Ade20k,
+            Format::Ade20kOutdoor => DatasetMode::Ade20kOutdoor,
             Format::Cityscapes => DatasetMode::Cityscapes,
             Format::Folder => DatasetMode::Custom,
             Format::Synthetic => DatasetMode::Synthetic,

@@ -175,4 +175,31 @@ fn pairs_a_folder_dataset_by_stem_and_needs_weights_for_paper_segmenters() {
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("deeplabv2_resnet101_msc-cocostuff164k-100000.pth"), "{e}");
+
+    // Every missing file is listed at once, hub files with the cache layout to fill.
+    let cache = tmp.path().join("hub");
+    let o = spade(&[
+        "evaluate",
+        "--generated",
+        root.join("images").to_str().unwrap(),
+        "--dataset",
+        "custom",
+        "--data-root",
+        root.to_str().unwrap(),
+        "--segmenter",
+        "upernet",
+        "--segmenter-hub",
+        "someorg/segmenters",
+        "--hub-cache",
+        cache.to_str().unwrap(),
+        "--offline",
+        "--fid-weights",
+        tmp.path().join("pt_inception-2015-12-05-6726825d.pth").to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("needs 3 file(s)"), "{e}");
+    for f in ["encoder_epoch_50.pth", "decoder_epoch_50.pth", "pt_inception-2015-12-05-6726825d.pth: no such file"] {
+        assert!(e.contains(f), "{f}: {e}");
+    }
+    assert!(e.contains("models--someorg--segmenters/snapshots/<commit>/encoder_epoch_50.pth"), "{e}");
 }

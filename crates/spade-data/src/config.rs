@@ -17,6 +17,10 @@ pub enum DatasetMode {
     /// ADE20K: `ADEChallengeData2016/{images,annotations}/{training,validation}/`.
     #[serde(rename = "ade20k")]
     Ade20k,
+    /// ADE20K-outdoor: the ADE20K images whose scene category (`sceneCategories.txt`) is
+    /// outdoor ([`crate::ade20k_outdoor`]); same layout, classes and label mapping as ADE20K.
+    #[serde(rename = "ade20k_outdoor", alias = "ade20k-outdoor")]
+    Ade20kOutdoor,
     /// Cityscapes: `leftImg8bit/` + `gtFine/`.
     #[serde(rename = "cityscapes")]
     Cityscapes,
@@ -34,10 +38,16 @@ impl DatasetMode {
         match self {
             DatasetMode::Coco => "coco-stuff",
             DatasetMode::Ade20k => "ade20k",
+            DatasetMode::Ade20kOutdoor => "ade20k-outdoor",
             DatasetMode::Cityscapes => "cityscapes",
             DatasetMode::Custom => "folder",
             DatasetMode::Synthetic => "synthetic",
         }
+    }
+
+    /// ADE20K or its outdoor subset: the same layout, classes and label mapping.
+    pub fn is_ade20k(self) -> bool {
+        matches!(self, DatasetMode::Ade20k | DatasetMode::Ade20kOutdoor)
     }
 }
 
@@ -53,6 +63,7 @@ impl FromStr for DatasetMode {
         Ok(match s {
             "coco" | "coco-stuff" | "coco_stuff" => DatasetMode::Coco,
             "ade20k" => DatasetMode::Ade20k,
+            "ade20k-outdoor" | "ade20k_outdoor" => DatasetMode::Ade20kOutdoor,
             "cityscapes" => DatasetMode::Cityscapes,
             "custom" | "folder" => DatasetMode::Custom,
             "synthetic" => DatasetMode::Synthetic,
@@ -60,7 +71,7 @@ impl FromStr for DatasetMode {
                 return Err(DataError::Config {
                     option: "dataset_mode",
                     value: s.to_string(),
-                    expected: "coco-stuff, ade20k, cityscapes, folder or synthetic".into(),
+                    expected: "coco-stuff, ade20k, ade20k-outdoor, cityscapes, folder or synthetic".into(),
                 })
             }
         })
@@ -279,7 +290,9 @@ impl DatasetConfig {
         // (label_nc, dontcare, no_instance, preprocess, load, crop, aspect)
         let d = match self.dataset_mode {
             DatasetMode::Coco => (182, true, false, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0),
-            DatasetMode::Ade20k => (150, true, true, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0),
+            DatasetMode::Ade20k | DatasetMode::Ade20kOutdoor => {
+                (150, true, true, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0)
+            }
             DatasetMode::Cityscapes => (35, false, false, PreprocessMode::Fixed, 512, 512, 2.0),
             DatasetMode::Custom => (13, false, false, PreprocessMode::ResizeAndCrop, train_load, 256, 1.0),
             DatasetMode::Synthetic => {

@@ -306,7 +306,7 @@ pub fn list_pairs(cfg: &ResolvedConfig) -> Result<Listing> {
                 })
             }
         },
-        DatasetMode::Ade20k => {
+        DatasetMode::Ade20k | DatasetMode::Ade20kOutdoor => {
             let base = ade_root(root);
             let sub = if cfg.phase == Phase::Train { "training" } else { "validation" };
             let ld = base.join("annotations").join(sub);
@@ -323,6 +323,12 @@ pub fn list_pairs(cfg: &ResolvedConfig) -> Result<Listing> {
                 expect_instance: png_in(&ld),
             };
             pair_group(g, &mut out);
+            if cfg.dataset_mode == DatasetMode::Ade20kOutdoor {
+                let file = base.join(crate::ade20k_outdoor::SCENE_CATEGORIES_FILE);
+                let scenes = crate::ade20k_outdoor::read_scene_categories(&file)?;
+                let stem = |p: &Path| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                out.pairs.retain(|p| scenes.get(&stem(&p.image)).is_some_and(|c| crate::ade20k_outdoor::is_outdoor(c)));
+            }
         }
         DatasetMode::Cityscapes => {
             let gd = root.join("gtFine").join(split);

@@ -4,7 +4,8 @@
 //!   `contain_dontcare_label`, `no_instance`, `preprocess_mode`, `load_size`, `crop_size`,
 //!   `aspect_ratio`, `no_flip`, ...), with each dataset's defaults filled in by
 //!   [`DatasetConfig::resolve`].
-//! - [`open`]: COCO-Stuff (sample and official layouts), ADE20K, Cityscapes, custom folders
+//! - [`open`]: COCO-Stuff (sample and official layouts), ADE20K, ADE20K-outdoor
+//!   ([`ade20k_outdoor`]), Cityscapes, custom folders
 //!   (paired by file stem) and the procedural [`synthetic`] dataset, behind [`Dataset`].
 //! - [`transform`]: `get_params` / `get_transform` as the reference: resize_and_crop, crop,
 //!   scale_width(_and_crop), scale_shortside(_and_crop), fixed, none; flip; nearest for labels
@@ -17,6 +18,7 @@
 //! network input (one-hot, don't-care channel, instance edges) from a [`Sample`].
 use std::path::PathBuf;
 
+pub mod ade20k_outdoor;
 pub mod config;
 pub mod dataset;
 pub mod error;

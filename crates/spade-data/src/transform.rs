@@ -19,7 +19,7 @@ pub struct LabelMapping {
 
 impl LabelMapping {
     pub fn new(mode: DatasetMode, label_nc: usize, contain_dontcare_label: bool) -> Self {
-        LabelMapping { label_nc: label_nc as u32, contain_dontcare_label, shift_by_one: mode == DatasetMode::Ade20k }
+        LabelMapping { label_nc: label_nc as u32, contain_dontcare_label, shift_by_one: mode.is_ade20k() }
     }
 
     /// The id of a raw value, or `None` when the value is invalid.

@@ -118,6 +118,36 @@ fn ade20k_layout_maps_raw_zero_to_dontcare() {
 }
 
 #[test]
+fn ade20k_outdoor_keeps_the_outdoor_scenes() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("ADEChallengeData2016");
+    for (i, v) in [(1, 0), (2, 150), (3, 7)] {
+        gray(&base.join(format!("annotations/training/ADE_train_0000000{i}.png")), &halves(v, 1));
+        jpeg(&base.join(format!("images/training/ADE_train_0000000{i}.jpg")), &photo());
+    }
+    // Without sceneCategories.txt the subset cannot be chosen: an error naming the file.
+    let e = open(&cfg(DatasetMode::Ade20kOutdoor, t.path())).err().unwrap().to_string();
+    assert!(e.contains("sceneCategories.txt"), "{e}");
+    std::fs::write(
+        base.join("sceneCategories.txt"),
+        "ADE_train_00000001 bedroom\nADE_train_00000002 street\nADE_train_00000003 church_outdoor\n",
+    )
+    .unwrap();
+    let r = check(&cfg(DatasetMode::Ade20kOutdoor, t.path())).unwrap();
+    assert!(r.problems.is_empty(), "{:?}", lines(&r.problems));
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        r#"{"format":"ade20k-outdoor","split":"train","pairs":2,"label_nc":150,"labels_seen":[0,6,149]}"#
+    );
+    let ds = open(&cfg(DatasetMode::Ade20kOutdoor, t.path())).unwrap();
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.load(0, 0).unwrap().path, base.join("annotations/training/ADE_train_00000002.png"));
+    // The whole ADE20K still has all three.
+    assert_eq!(open(&cfg(DatasetMode::Ade20k, t.path())).unwrap().len(), 3);
+    assert_eq!("ade20k-outdoor".parse::<DatasetMode>().unwrap(), DatasetMode::Ade20kOutdoor);
+}
+
+#[test]
 fn cityscapes_layout_reads_16_bit_instance_ids() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod evaluate;
 pub mod optim;
+pub mod protocol;
 pub mod run;
 pub mod rundir;
 pub mod segmenter;
