@@ -35,7 +35,18 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, content_type: Option<
     // A server may answer (413) before it has read a body over its cap: keep reading anyway.
     let _ = s.write_all(body);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A server that answered before reading the whole body resets the connection when
+            // it closes it: the answer already read stands.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
     parse(&raw)
 }
 

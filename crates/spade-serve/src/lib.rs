@@ -59,7 +59,7 @@ pub struct App {
     synth: Synthesizer,
     palette: Palette,
     limits: Limits,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     default_class: u32,
 }
 
@@ -72,7 +72,7 @@ impl App {
             .find_map(|n| palette.classes.iter().find(|c| c.name == *n))
             .or_else(|| palette.classes.iter().min_by_key(|c| c.id))
             .map_or(0, |c| c.id);
-        Arc::new(App { synth, palette, limits, permits: Semaphore::new(limits.max_concurrent.max(1)), default_class })
+        Arc::new(App { synth, palette, limits, permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))), default_class })
     }
 
     pub fn synthesizer(&self) -> &Synthesizer {
@@ -88,6 +88,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/classes", get(classes))
         .route("/api/synthesize", post(synthesize))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page: try GET / or POST /api/synthesize") })
+        // The synthesis handler reads bodies itself under `Limits::max_body_bytes`; axum's own
+        // 2 MB default would otherwise cap multipart parts below that.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
 }
 
@@ -201,7 +204,7 @@ async fn read_parts(app: &App, req: Request) -> Result<(Bytes, Option<Bytes>), A
     let (parts, body) = req.into_parts();
     let cap = app.limits.max_body_bytes;
     let bytes = axum::body::to_bytes(body, cap).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the cap of {cap} bytes ({} MiB)", cap >> 20))
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the cap of {cap} bytes (--max-body-bytes)"))
     })?;
     let ctype = content_type(&parts.headers);
     if ctype.starts_with("multipart/form-data") {
@@ -255,7 +258,7 @@ async fn synthesize(State(app): State<Arc<App>>, RawQuery(q): RawQuery, req: Req
             Some(b)
         }
     };
-    let permit = app.permits.acquire().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let permit = app.permits.clone().acquire_owned().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
     let app2 = app.clone();
     let out = tokio::task::spawn_blocking(move || {
         let _permit = permit;

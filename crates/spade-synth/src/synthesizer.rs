@@ -138,7 +138,7 @@ impl Synthesizer {
         let ids: Vec<&[u32]> = inputs.iter().map(|i| i.ids.as_slice()).collect();
         let insts: Option<Vec<&[u32]>> = self
             .needs_instances()
-            .then(|| inputs.iter().map(|i| i.instance.as_deref().unwrap_or(&i.ids)).collect());
+            .then(|| inputs.iter().map(|i| i.instance.as_deref().unwrap_or(i.ids.as_slice())).collect());
         let seg = self.spec.build(&ids, insts.as_deref(), h, w, &self.device)?;
         let z = if self.uses_z() {
             let mut rows = Vec::with_capacity(inputs.len());
