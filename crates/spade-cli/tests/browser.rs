@@ -94,10 +94,12 @@ impl Cdp {
         self.wait_for("a generated image", &expr, Duration::from_secs(120)).as_str().unwrap().to_string()
     }
 
-    fn mouse(&mut self, kind: &str, x: f64, y: f64) {
+    /// One mouse event; `down`: whether the left button is held during (or after) it.
+    fn mouse(&mut self, kind: &str, x: f64, y: f64, down: bool) {
+        let button = if kind == "mouseMoved" && !down { "none" } else { "left" };
         self.call(
             "Input.dispatchMouseEvent",
-            json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": if kind == "mouseReleased" { 0 } else { 1 }, "clickCount": 1}),
+            json!({"type": kind, "x": x, "y": y, "button": button, "buttons": u8::from(down), "clickCount": 1}),
         );
     }
 
@@ -110,14 +112,14 @@ impl Cdp {
             )
         };
         let (x, y) = at(points[0]);
-        self.mouse("mouseMoved", x, y);
-        self.mouse("mousePressed", x, y);
+        self.mouse("mouseMoved", x, y, false);
+        self.mouse("mousePressed", x, y, true);
         for &p in &points[1..] {
             let (x, y) = at(p);
-            self.mouse("mouseMoved", x, y);
+            self.mouse("mouseMoved", x, y, true);
         }
         let (x, y) = at(*points.last().unwrap());
-        self.mouse("mouseReleased", x, y);
+        self.mouse("mouseReleased", x, y, false);
     }
 }
 
