@@ -157,7 +157,7 @@ fn jobs(args: &Args, synth: &Synthesizer) -> Result<(Vec<Job>, Option<Arc<dyn Da
             bail!("{}: no .png label maps in the folder", dir.display());
         }
         let by_stem: BTreeMap<String, PathBuf> = match &args.instances_dir {
-            Some(d) => list_pngs(d)?.into_iter().map(|p| Ok((stem_of(&p)?, p))).collect::<Result<_>>()?,
+            Some(d) => list_pngs(d)?.into_iter().map(|p| -> Result<(String, PathBuf)> { Ok((stem_of(&p)?, p)) }).collect::<Result<_>>()?,
             None => BTreeMap::new(),
         };
         let mut out = Vec::with_capacity(labels.len());
