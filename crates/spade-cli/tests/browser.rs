@@ -36,6 +36,11 @@ struct Cdp {
 
 impl Cdp {
     fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params).unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// A command's result, or its error.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next += 1;
         let id = self.next;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -48,10 +53,10 @@ impl Cdp {
             let Message::Text(t) = m else { continue };
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["id"].as_u64() == Some(id) {
-                if let Some(e) = v.get("error") {
-                    panic!("{method} failed: {e}");
-                }
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -68,7 +73,12 @@ impl Cdp {
     fn wait_for(&mut self, what: &str, expr: &str, timeout: Duration) -> Value {
         let t0 = Instant::now();
         loop {
-            let v = self.eval(expr);
+            // While the page navigates, its context may be gone: try again.
+            let r = self.try_call("Runtime.evaluate", json!({"expression": expr, "awaitPromise": true, "returnByValue": true}));
+            let v = match r {
+                Ok(r) if r.get("exceptionDetails").is_none() => r["result"]["value"].clone(),
+                _ => Value::Null,
+            };
             if !v.is_null() && v != json!(false) {
                 return v;
             }
