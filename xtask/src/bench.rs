@@ -6,6 +6,9 @@
 //!   don't-care + instances, batch 1), one inference;
 //! - `resblock_fwd_s`, `resblock_fwdbwd_s`: one SPADE ResBlk(128, 128) on 4x128x64x64 with 36
 //!   label channels, batch-norm SPADE, training mode;
+//! - `serve_coco_256_s`: one `POST /api/synthesize` of a 256x256 PNG label map to `spade serve`'s
+//!   server (in this process, over a localhost socket) with that COCO-Stuff generator: PNG
+//!   decoding, the inference, PNG encoding and the HTTP round trip;
 //! - `peak_rss_mb`: the process's peak resident memory after the training iterations.
 //!
 //! `--cuda` (a build with `--features cuda`) runs the same configurations on CUDA device 0,
@@ -34,8 +37,14 @@ pub struct Args {
     pub cuda: bool,
 }
 
-const KEYS: [&str; 5] =
-    ["train_mini_no_vgg_s", "train_mini_vgg_s", "infer_paper_coco_s", "resblock_fwd_s", "resblock_fwdbwd_s"];
+const KEYS: [&str; 6] = [
+    "train_mini_no_vgg_s",
+    "train_mini_vgg_s",
+    "infer_paper_coco_s",
+    "serve_coco_256_s",
+    "resblock_fwd_s",
+    "resblock_fwdbwd_s",
+];
 
 fn mini_options() -> NetOptions {
     NetOptions {
@@ -101,22 +110,42 @@ fn time_iteration(dev: &Device, vgg: bool, iters: usize) -> Result<f64> {
     })
 }
 
+fn paper_coco_options() -> NetOptions {
+    NetOptions { label_nc: 182, contain_dontcare_label: true, no_instance: false, ngf: 64, crop_size: 256, ..Default::default() }
+}
+
 /// One inference of the paper-size COCO-Stuff generator (eval mode, batch 1).
 fn time_inference(dev: &Device, iters: usize) -> Result<f64> {
     let dev = dev.clone();
-    let opt = NetOptions {
-        label_nc: 182,
-        contain_dontcare_label: true,
-        no_instance: false,
-        ngf: 64,
-        crop_size: 256,
-        ..Default::default()
-    };
+    let opt = paper_coco_options();
     let store = ParamStore::fresh(0, DType::F32, &dev);
     let g = spade_models::checkpoint::Generator::new(&opt, &store.root())?;
     let (sem, _) = inputs(&opt, 1, &dev)?;
     per_iter(&dev, iters, || {
         g.forward_t(&sem, None, false)?;
+        Ok(())
+    })
+}
+
+/// One request to the painting demo's server with the paper-size COCO-Stuff generator: a
+/// 256x256 grayscale PNG of four classes in, a PNG out.
+fn time_serve(dev: &Device, iters: usize) -> Result<f64> {
+    let opt = paper_coco_options();
+    let store = ParamStore::fresh(0, DType::F32, dev);
+    let g = spade_models::checkpoint::Generator::new(&opt, &store.root())?;
+    let pal = spade_synth::palette::for_options(&opt, None)?;
+    let synth = spade_synth::Synthesizer::new(opt, g, None, dev.clone());
+    let app = spade_serve::App::new(synth, pal, spade_serve::Limits::default());
+    let addr = spade_serve::spawn("127.0.0.1:0".parse()?, app)?;
+    // sky-other, sea, sand, tree (COCO-Stuff file ids).
+    let label = image::GrayImage::from_fn(256, 256, |x, y| {
+        image::Luma([if y < 100 { 156 } else if y < 160 { 154 } else if x < 128 { 153 } else { 168 }])
+    });
+    let mut png = Vec::new();
+    label.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    per_iter(dev, iters, || {
+        let a = spade_serve::client::request(addr, "POST", "/api/synthesize?seed=0", Some("image/png"), &png)?;
+        anyhow::ensure!(a.status == 200, "POST /api/synthesize: HTTP {}: {}", a.status, String::from_utf8_lossy(&a.body));
         Ok(())
     })
 }
@@ -193,6 +222,7 @@ pub fn run(args: Args) -> Result<()> {
             "train_mini_no_vgg_s" => time_iteration(&dev, false, args.iters)?,
             "train_mini_vgg_s" => time_iteration(&dev, true, args.iters)?,
             "infer_paper_coco_s" => time_inference(&dev, args.iters)?,
+            "serve_coco_256_s" => time_serve(&dev, args.iters)?,
             "resblock_fwd_s" => time_resblock(&dev, false, args.iters)?,
             _ => time_resblock(&dev, true, args.iters)?,
         };

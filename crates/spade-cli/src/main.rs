@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 mod dataset;
 mod evaluate;
 mod fid;
+mod serve;
 mod synthesize;
 mod train;
 
@@ -26,6 +27,8 @@ enum Command {
     Dataset(dataset::Args),
     /// FID between two image folders or statistics .npz files, as pytorch-fid computes it.
     Fid(fid::Args),
+    /// The painting demo: a local web page where painted label maps become images.
+    Serve(serve::Args),
 }
 
 /// `SPADE_MAX_IMAGE_PIXELS`: the largest image (width x height) the readers decode.
@@ -48,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Evaluate(args) => evaluate::run(args),
         Command::Dataset(args) => dataset::run(args),
         Command::Fid(args) => fid::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,32 +1,60 @@
-//! `spade synthesize`: label maps (+ instance maps, + z or style images) -> images, as the
-//! reference test script writes them.
+//! `spade synthesize`: label maps (files, a folder, or a dataset split) -> images, in batches,
+//! as the reference's test script does, with a results page (`OUT/index.html`).
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
-use rand_distr::Distribution;
-use spade_data::resample::{resize_bicubic, resize_nearest, Plane};
-use spade_data::{read_image, read_instance_png, read_label_png, LabelMap};
-use spade_models::checkpoint::{load_network, Generator};
-use spade_models::networks::encoder::reparameterize;
-use spade_models::{ConvEncoder, NetOptions, SemanticsSpec};
+use spade_data::{read_image, read_instance_png, read_label_png, Dataset, DatasetConfig, DatasetMode, Palette, Phase};
+use spade_synth::page::{ResultsPage, Row};
+use spade_synth::{palette, rgb_from_tensor, Input, Synthesizer, ZSource};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["labels", "labels_dir", "dataset"])))]
 pub struct Args {
     /// Checkpoint directory: `<which-epoch>_net_G.pth` (or .safetensors), `opt.txt`, and
-    /// `<which-epoch>_net_E.pth` for --style.
+    /// `<which-epoch>_net_E.pth` for --style; or a run directory of `spade train`.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Label map PNG (class ids; 255 = don't care when the options say so). Repeatable.
-    #[arg(long = "label", required = true)]
+    /// Label map PNG (class ids; 255 = don't care when the options say so; RGB colours of the
+    /// palette). Repeatable.
+    #[arg(long = "label")]
     pub labels: Vec<PathBuf>,
-    /// Instance map PNG, one per label (needed unless the options say no_instance).
+    /// Instance map PNG, one per --label (without them, a model that needs instance maps gets
+    /// the label map's regions as instances).
     #[arg(long = "instance")]
     pub instances: Vec<PathBuf>,
-    /// float32 .npy of shape (N, z_dim): row i is the z of label i (VAE generators).
+    /// A folder of label maps (every PNG in it, in natural order).
+    #[arg(long = "labels")]
+    pub labels_dir: Option<PathBuf>,
+    /// A folder of instance maps, paired with --labels by file stem.
+    #[arg(long = "instances", requires = "labels_dir")]
+    pub instances_dir: Option<PathBuf>,
+    /// A dataset split: coco-stuff, ade20k, cityscapes, folder or synthetic, read with the
+    /// checkpoint's options (label_nc, crop_size, ...) and the evaluation preprocessing.
+    #[arg(long)]
+    pub dataset: Option<DatasetMode>,
+    /// The dataset's root directory (not needed for synthetic).
+    #[arg(long, requires = "dataset")]
+    pub data_root: Option<PathBuf>,
+    /// The dataset split.
+    #[arg(long, default_value = "val", requires = "dataset")]
+    pub split: Phase,
+    /// Synthesize at most N inputs (the first N in order).
+    #[arg(long)]
+    pub how_many: Option<usize>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// classes.json (`{"classes": [{"id", "name", "color"}]}`): reads RGB colour-coded labels
+    /// and colours the results page. Default: the built-in palette of the checkpoint's dataset.
+    #[arg(long)]
+    pub palette: Option<PathBuf>,
+    /// float32 .npy of shape (N, z_dim): row i is the z of input i (VAE generators).
     #[arg(long, conflicts_with_all = ["styles"])]
     pub z: Option<PathBuf>,
-    /// Style image, one per label: encoded by the VAE encoder (multimodal / style-guided).
+    /// Style image, one per --label: encoded by the VAE encoder (multimodal / style-guided).
     #[arg(long = "style")]
     pub styles: Vec<PathBuf>,
     /// Seed for random z (VAE generators without --z) and the encoder's sampling noise.
@@ -44,17 +72,6 @@ pub struct Args {
     pub cuda: bool,
 }
 
-/// `<dir>/<which>_net_<net>.pth`, or `.safetensors`.
-pub fn weights_file(dir: &Path, which: &str, net: &str) -> Result<PathBuf> {
-    for ext in ["pth", "safetensors"] {
-        let p = dir.join(format!("{which}_net_{net}.{ext}"));
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!("{}: no {which}_net_{net}.pth or {which}_net_{net}.safetensors (is --which-epoch right?)", dir.display())
-}
-
 pub fn device(cuda: bool) -> Result<Device> {
     if cuda {
         Device::new_cuda(0).context("opening CUDA device 0 (build with --features cuda)")
@@ -63,61 +80,176 @@ pub fn device(cuda: bool) -> Result<Device> {
     }
 }
 
-/// Reads a label PNG, resizes it (nearest, as PIL) to (h, w) and maps it to class ids.
-fn read_ids(path: &Path, spec: &SemanticsSpec, h: usize, w: usize) -> Result<Vec<u32>> {
-    let map = read_label_png(path, None)?;
-    let mut ids = resize_map(map, h, w);
-    spec.ids_from_raw(&mut ids, w, &path.display().to_string())?;
-    Ok(ids)
+/// A checkpoint directory, or the checkpoint a training run's `latest` names.
+pub fn resolve_checkpoint(dir: &Path) -> PathBuf {
+    match spade_train::run::latest_checkpoint(dir) {
+        Some(ck) if !dir.join("opt.txt").exists() => ck,
+        _ => dir.to_path_buf(),
+    }
 }
 
-fn resize_map(map: LabelMap, h: usize, w: usize) -> Vec<u32> {
-    let plane = Plane::new(map.width, map.height, 1, map.data);
-    resize_nearest(&plane, w, h).data
+/// The palette of `--palette`, or none.
+pub fn load_palette(path: Option<&Path>) -> Result<Option<Palette>> {
+    Ok(match path {
+        Some(p) => Some(Palette::load(p)?),
+        None => None,
+    })
 }
 
-/// A style image as the reference's test loader gives it: bicubic to (h, w), then [-1, 1].
-fn read_style(path: &Path, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
-    let img = read_image(path)?;
-    let plane = resize_bicubic(&Plane::new(img.width, img.height, 3, img.data), w, h);
-    let data: Vec<f32> = plane.data.iter().map(|&v| v as f32 / 255.0 * 2.0 - 1.0).collect();
-    Ok(Tensor::from_vec(data, (1, h, w, 3), dev)?.permute((0, 3, 1, 2))?.contiguous()?)
+/// One input to make, before it is read.
+enum Job {
+    File { label: PathBuf, instance: Option<PathBuf>, style: Option<PathBuf> },
+    Sample(usize),
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let dev = device(args.cuda)?;
-    // A training run directory: use the checkpoint its `latest` names.
-    let ckpt = match spade_train::run::latest_checkpoint(&args.checkpoint) {
-        Some(dir) if !args.checkpoint.join("opt.txt").exists() => dir,
-        _ => args.checkpoint.clone(),
-    };
-    let opt_path = ckpt.join("opt.txt");
-    let opt = NetOptions::from_opt_file(&opt_path)?;
-    let spec = SemanticsSpec::from(&opt);
-    let (h, w) = opt.output_size();
+/// An input read: ids at the model's size, and what the results page shows.
+struct Loaded {
+    stem: String,
+    input: Input,
+    real: Option<image::RgbImage>,
+}
+
+fn stem_of(p: &Path) -> Result<String> {
+    Ok(p.file_stem().with_context(|| format!("{}: no file name", p.display()))?.to_string_lossy().to_string())
+}
+
+fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list the folder", dir.display()))?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .collect();
+    v.sort_by(|a, b| spade_data::layout::natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+    Ok(v)
+}
+
+/// The dataset config for `--dataset`: the checkpoint's semantics and sizes, evaluation mode.
+fn dataset_config(args: &Args, mode: DatasetMode, synth: &Synthesizer) -> Result<DatasetConfig> {
+    let opt = synth.options();
+    let mut cfg = DatasetConfig::new(mode, args.data_root.clone());
+    cfg.phase = args.split;
+    cfg.is_train = Some(false);
+    cfg.label_nc = Some(opt.label_nc);
+    cfg.contain_dontcare_label = Some(opt.contain_dontcare_label);
+    cfg.no_instance = Some(opt.no_instance);
+    cfg.crop_size = Some(opt.crop_size);
+    cfg.aspect_ratio = Some(opt.aspect_ratio);
+    if let Some(v) = opt.raw.get("load_size").and_then(|v| v.trim().parse().ok()) {
+        cfg.load_size = Some(v);
+    }
+    if let Some(v) = opt.raw.get("preprocess_mode").and_then(|v| v.trim().parse().ok()) {
+        cfg.preprocess_mode = Some(v);
+    }
+    if let Some(p) = &args.palette {
+        cfg.palette = Some(p.clone());
+    }
+    Ok(cfg)
+}
+
+fn jobs(args: &Args, synth: &Synthesizer) -> Result<(Vec<Job>, Option<Arc<dyn Dataset>>)> {
+    if let Some(mode) = args.dataset {
+        let ds = spade_data::open(&dataset_config(args, mode, synth)?)?;
+        return Ok(((0..ds.len()).map(Job::Sample).collect(), Some(ds)));
+    }
+    if let Some(dir) = &args.labels_dir {
+        let labels = list_pngs(dir)?;
+        if labels.is_empty() {
+            bail!("{}: no .png label maps in the folder", dir.display());
+        }
+        let by_stem: BTreeMap<String, PathBuf> = match &args.instances_dir {
+            Some(d) => list_pngs(d)?.into_iter().map(|p| -> Result<(String, PathBuf)> { Ok((stem_of(&p)?, p)) }).collect::<Result<_>>()?,
+            None => BTreeMap::new(),
+        };
+        let mut out = Vec::with_capacity(labels.len());
+        for l in labels {
+            let instance = match &args.instances_dir {
+                Some(d) => Some(by_stem.get(&stem_of(&l)?).cloned().with_context(|| {
+                    format!("{}: no instance map {}.png in {} (paired by file stem)", l.display(), stem_of(&l).unwrap_or_default(), d.display())
+                })?),
+                None => None,
+            };
+            out.push(Job::File { label: l, instance, style: None });
+        }
+        if !args.styles.is_empty() {
+            bail!("--style goes with --label (one style image per label); use --z with --labels");
+        }
+        return Ok((out, None));
+    }
     let n = args.labels.len();
-    if !opt.no_instance && args.instances.len() != n {
-        bail!(
-            "{}: no_instance is False, so each of the {n} --label needs an --instance map (got {})",
-            opt_path.display(),
-            args.instances.len()
-        );
+    if !args.instances.is_empty() && args.instances.len() != n {
+        bail!("--instance: {} instance maps for {n} labels; give one per label", args.instances.len());
     }
     if !args.styles.is_empty() && args.styles.len() != n {
         bail!("--style: {} style images for {n} labels; give one per label", args.styles.len());
     }
-    let g_path = weights_file(&ckpt, &args.which_epoch, "G")?;
-    let (g, _) = load_network(&g_path, &opt, &dev, true, |vb| Generator::new(&opt, vb))?;
-    if !g.uses_z() && (args.z.is_some() || !args.styles.is_empty()) {
+    Ok((
+        (0..n)
+            .map(|i| Job::File {
+                label: args.labels[i].clone(),
+                instance: args.instances.get(i).cloned(),
+                style: args.styles.get(i).cloned(),
+            })
+            .collect(),
+        None,
+    ))
+}
+
+fn load(job: &Job, synth: &Synthesizer, pal: &Palette, ds: Option<&dyn Dataset>, z: ZSource) -> Result<Loaded> {
+    match job {
+        Job::File { label, instance, style } => {
+            let ids = synth.ids_from_map(read_label_png(label, Some(pal))?, &label.display().to_string())?;
+            let instance = match instance {
+                Some(p) if synth.needs_instances() => Some(synth.instances_from_map(read_instance_png(p)?)),
+                _ => None,
+            };
+            let z = match style {
+                Some(s) => ZSource::Style(read_image(s)?),
+                None => z,
+            };
+            Ok(Loaded { stem: stem_of(label)?, input: Input { ids, instance, z }, real: None })
+        }
+        Job::Sample(i) => {
+            let ds = ds.expect("dataset jobs come with their dataset");
+            let s = ds.load(*i, 0)?;
+            let ids = synth.ids_from_dataset(s.label);
+            let instance = if synth.needs_instances() { s.instance.map(|m| synth.instances_from_map(m)) } else { None };
+            let real = s.image.map(|im| {
+                let (h, w) = (im.height, im.width);
+                let buf: Vec<u8> = (0..h * w * 3)
+                    .map(|k| ((im.data[(k % 3) * h * w + k / 3] + 1.0) / 2.0 * 255.0).round().clamp(0.0, 255.0) as u8)
+                    .collect();
+                image::RgbImage::from_raw(w as u32, h as u32, buf).expect("3 * h * w values")
+            });
+            Ok(Loaded { stem: stem_of(&s.path)?, input: Input { ids, instance, z }, real })
+        }
+    }
+}
+
+fn save(img: &image::RgbImage, path: &Path) -> Result<()> {
+    img.save(path).with_context(|| format!("{}: writing PNG", path.display()))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dev = device(args.cuda)?;
+    let ckpt = resolve_checkpoint(&args.checkpoint);
+    let synth = Synthesizer::load(&ckpt, &args.which_epoch, &dev, !args.styles.is_empty())?;
+    let opt_path = ckpt.join("opt.txt");
+    if !synth.uses_z() && (args.z.is_some() || !args.styles.is_empty()) {
         bail!("{}: use_vae is False, so the generator takes no z: drop --z/--style", opt_path.display());
     }
-
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let mut randn = |k: usize| -> Result<Tensor> {
-        let d = rand_distr::StandardNormal;
-        let v: Vec<f32> = (0..k).map(|_| d.sample(&mut rng)).collect();
-        Ok(Tensor::from_vec(v, (1, k), &dev)?)
-    };
+    if !args.styles.is_empty() && !synth.has_encoder() {
+        bail!("{}: --style needs {}_net_E.pth (or .safetensors), the encoder", ckpt.display(), args.which_epoch);
+    }
+    let pal = palette::for_options(synth.options(), load_palette(args.palette.as_deref())?)
+        .with_context(|| format!("--palette {}", args.palette.as_deref().unwrap_or(Path::new("")).display()))?;
+    let (mut jobs, ds) = jobs(&args, &synth)?;
+    if let Some(n) = args.how_many {
+        jobs.truncate(n);
+    }
+    let n = jobs.len();
+    if n == 0 {
+        bail!("nothing to synthesize: the input has no label maps");
+    }
     let z_all = match &args.z {
         Some(p) => {
             // Parsed with the shape checked against the bytes present (a header may declare
@@ -126,77 +258,97 @@ pub fn run(args: Args) -> Result<()> {
             let arr = spade_metrics::stats_io::parse_npy(&bytes, &p.display().to_string()).map_err(anyhow::Error::msg)?;
             let data: Vec<f32> = arr.data.iter().map(|&v| v as f32).collect();
             let z = Tensor::from_vec(data, arr.shape.as_slice(), &Device::Cpu)?.to_device(&dev)?;
-            if z.dims() != [n, opt.z_dim] {
-                bail!(
-                    "{}: z has shape {:?}, expected ({n}, {}) (one row of z_dim per label)",
-                    p.display(),
-                    z.dims(),
-                    opt.z_dim
-                );
+            let z_dim = synth.options().z_dim;
+            if z.dims().len() != 2 || z.dims()[1] != z_dim || z.dims()[0] < n {
+                bail!("{}: z has shape {:?}, expected ({n}, {z_dim}) (one row of z_dim per input)", p.display(), z.dims());
             }
             Some(z)
         }
         None => None,
     };
-    let encoder = if args.styles.is_empty() {
-        None
-    } else {
-        let e_path = weights_file(&ckpt, &args.which_epoch, "E")?;
-        Some(load_network(&e_path, &opt, &dev, true, |vb| ConvEncoder::new(&opt, vb))?.0)
-    };
-
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("{}: cannot create the output directory", args.output_dir.display()))?;
-    for (i, label) in args.labels.iter().enumerate() {
-        let ids = read_ids(label, &spec, h, w)?;
-        let inst = if opt.no_instance {
-            None
-        } else {
-            let p = &args.instances[i];
-            Some(resize_map(read_instance_png(p)?, h, w))
-        };
-        let insts: Option<Vec<&[u32]>> = inst.as_ref().map(|v| vec![v.as_slice()]);
-        let seg = spec.build(&[&ids], insts.as_deref(), h, w, &dev)?;
-        let z = if !g.uses_z() {
-            None
-        } else if let Some(z) = &z_all {
-            Some(z.narrow(0, i, 1)?)
-        } else if let Some(e) = &encoder {
-            let style = read_style(&args.styles[i], h, w, &dev)?;
-            let (mu, logvar) = e.forward_t(&style, false)?;
-            let eps = randn(mu.dim(1)?)?;
-            Some(reparameterize(&mu, &logvar, &eps)?)
-        } else {
-            Some(randn(opt.z_dim)?)
-        };
-        let out = g.forward_t(&seg, z.as_ref(), false)?.squeeze(0)?.to_device(&Device::Cpu)?;
-        let stem = label.file_stem().context("label path has no file name")?.to_string_lossy().to_string();
-        let png = args.output_dir.join(format!("{stem}.png"));
-        write_png(&out, &png)?;
-        if args.raw {
-            let npy = args.output_dir.join(format!("{stem}.npy"));
-            out.write_npy(&npy).with_context(|| format!("{}: writing", npy.display()))?;
-        }
-        println!("{}", png.display());
+    if synth.needs_instances() && ds.is_none() && args.instances.is_empty() && args.instances_dir.is_none() {
+        eprintln!(
+            "note: {}: no_instance is False and no instance maps were given: each region of the label map is taken as one instance",
+            opt_path.display()
+        );
     }
-    Ok(())
-}
 
-/// (x + 1) / 2 * 255, clipped and truncated to u8, as the reference's `tensor2im`.
-pub fn write_png(img: &Tensor, path: &Path) -> Result<()> {
-    let (c, h, w) = img.dims3()?;
-    let v: Vec<f32> = img.flatten_all()?.to_vec1()?;
-    let mut buf = vec![0u8; h * w * 3];
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..3 {
-                let val = v[(ch.min(c - 1)) * h * w + y * w + x];
-                buf[(y * w + x) * 3 + ch] = ((val + 1.0) / 2.0 * 255.0).clamp(0.0, 255.0) as u8;
+    let out = &args.output_dir;
+    for d in [out.clone(), out.join("label"), out.join("real")] {
+        std::fs::create_dir_all(&d).with_context(|| format!("{}: cannot create the output directory", d.display()))?;
+    }
+    let (h, w) = synth.size();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}").expect("template"),
+    );
+    let mut rows = Vec::with_capacity(n);
+    let mut stems = HashSet::new();
+    let mut any_real = false;
+    let bs = args.batch_size as usize;
+    for (b, chunk) in jobs.chunks(bs).enumerate() {
+        let mut loaded = Vec::with_capacity(chunk.len());
+        for (k, job) in chunk.iter().enumerate() {
+            let z = match &z_all {
+                Some(z) => ZSource::Given(z.narrow(0, b * bs + k, 1)?),
+                None => ZSource::Random,
+            };
+            let l = load(job, &synth, &pal, ds.as_deref(), z)?;
+            if !stems.insert(l.stem.clone()) {
+                bail!("two inputs are named {}: outputs are named by file stem, so stems must be unique", l.stem);
             }
+            loaded.push(l);
+        }
+        let inputs: Vec<Input> = loaded.iter().map(|l| l.input.clone()).collect();
+        let imgs = synth.synthesize(&inputs, &mut rng)?;
+        for (k, l) in loaded.iter().enumerate() {
+            let img = imgs.get(k)?;
+            let name = format!("{}.png", l.stem);
+            save(&rgb_from_tensor(&img)?, &out.join(&name))?;
+            if args.raw {
+                let npy = out.join(format!("{}.npy", l.stem));
+                img.write_npy(&npy).with_context(|| format!("{}: writing", npy.display()))?;
+            }
+            save(&palette::colorize(&l.input.ids, w, h, &pal), &out.join("label").join(&name))?;
+            let real = match &l.real {
+                Some(r) => {
+                    save(r, &out.join("real").join(&name))?;
+                    any_real = true;
+                    Some(format!("real/{name}"))
+                }
+                None => None,
+            };
+            rows.push(Row { name: l.stem.clone(), cells: vec![Some(format!("label/{name}")), Some(name), real] });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir(out.join("real")); // only when empty
+    if !any_real {
+        for r in &mut rows {
+            r.cells.pop();
         }
     }
-    image::RgbImage::from_raw(w as u32, h as u32, buf)
-        .context("image buffer")?
-        .save(path)
-        .with_context(|| format!("{}: writing PNG", path.display()))
+    let mut columns = vec!["label".to_string(), "synthesized".to_string()];
+    if any_real {
+        columns.push("real".into());
+    }
+    let source = match (&args.dataset, &args.labels_dir) {
+        (Some(m), _) => format!("dataset {m}, split {}", args.split.name()),
+        (None, Some(d)) => format!("labels {}", d.display()),
+        _ => format!("{} label files", args.labels.len()),
+    };
+    ResultsPage {
+        title: format!("spade synthesize: {}", ckpt.display()),
+        notes: vec![
+            format!("checkpoint {} ({}), {n} inputs from {source}, seed {}", ckpt.display(), args.which_epoch, args.seed),
+            format!("netG {}, {} classes, {w}x{h}", synth.options().net_g.as_str(), synth.label_nc()),
+        ],
+        columns,
+        rows,
+    }
+    .write(out)?;
+    println!("{n} images in {}; results page {}", out.display(), out.join("index.html").display());
+    Ok(())
 }

@@ -169,3 +169,99 @@ fn synthesizes_from_a_training_run_directory() {
     assert!(m["segmentation"]["unavailable"].is_string());
     assert!(m["l1_generated_vs_real"].as_f64().unwrap() > 0.0);
 }
+
+fn max_abs(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (Tensor::read_npy(a).unwrap(), Tensor::read_npy(b).unwrap());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+/// Batch synthesis as the reference's test.py: a folder (instances paired by stem, RGB labels
+/// through a palette) and a dataset split, in batches, each with a results page.
+#[test]
+fn folders_and_dataset_splits_in_batches_with_a_results_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = d.join("tiny.yaml");
+    std::fs::write(
+        &cfg,
+        "data: {dataset_mode: synthetic, load_size: 32, crop_size: 32, synthetic_count: 8}\n\
+         model: {ngf: 2, ndf: 2, n_layers_D: 2}\nloss: {no_vgg_loss: true}\n\
+         train: {batch_size: 2, niter: 1, max_iters: 1, seed: 0}\n",
+    )
+    .unwrap();
+    let run = d.join("run");
+    let o = spade(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", run.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The training run's samples page.
+    let samples = std::fs::read_to_string(run.join("samples/index.html")).unwrap();
+    assert!(samples.contains("iter_00000001.png"), "{samples}");
+
+    let (labels, insts) = (d.join("labels"), d.join("insts"));
+    std::fs::create_dir_all(&labels).unwrap();
+    std::fs::create_dir_all(&insts).unwrap();
+    for k in 0..3u32 {
+        write_gray(&labels.join(format!("scene{k}.png")), 32, 32, move |x, y| ((x / 8 + y / 8 + k) % 14) as u8);
+        write_gray(&insts.join(format!("scene{k}.png")), 32, 32, |x, _| (x / 16) as u8);
+    }
+    let folder = |out: &Path, bs: &str| {
+        let o = spade(&[
+            "synthesize", "--checkpoint", run.to_str().unwrap(), "--labels", labels.to_str().unwrap(),
+            "--instances", insts.to_str().unwrap(), "--batch-size", bs, "--raw", "--output-dir", out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (b1, b2) = (d.join("b1"), d.join("b2"));
+    folder(&b1, "1");
+    folder(&b2, "2");
+    for k in 0..3 {
+        let stem = format!("scene{k}");
+        assert!(max_abs(&b1.join(format!("{stem}.npy")), &b2.join(format!("{stem}.npy"))) < 1e-4, "batch size changed {stem}");
+        let label = image::open(b2.join(format!("label/{stem}.png"))).unwrap().to_rgb8();
+        // Colourised with the synthetic dataset's palette: (0, 0) has class k.
+        assert_eq!(label.get_pixel(0, 0).0, spade_data::synthetic::PALETTE[k]);
+    }
+    let page = std::fs::read_to_string(b2.join("index.html")).unwrap();
+    assert_eq!(page.matches("<tr><td class=\"name\">").count(), 3, "{page}");
+    assert!(page.contains("src=\"label/scene1.png\"") && page.contains("src=\"scene1.png\""), "{page}");
+    assert!(!page.contains("real/"), "no real images for a folder of labels: {page}");
+    assert!(!b2.join("real").exists());
+
+    // The same scene as RGB colours through --palette gives the same image.
+    let pal = d.join("classes.json");
+    spade_synth::palette::Builtin::Synthetic.palette().save(&pal).unwrap();
+    let rgb = d.join("rgb");
+    std::fs::create_dir_all(&rgb).unwrap();
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb(spade_data::synthetic::PALETTE[((x / 8 + y / 8 + 1) % 14) as usize]))
+        .save(rgb.join("scene1.png"))
+        .unwrap();
+    let out = d.join("rgb_out");
+    let o = spade(&[
+        "synthesize", "--checkpoint", run.to_str().unwrap(), "--labels", rgb.to_str().unwrap(), "--instances",
+        insts.to_str().unwrap(), "--palette", pal.to_str().unwrap(), "--raw", "--output-dir", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(max_abs(&out.join("scene1.npy"), &b1.join("scene1.npy")) < 1e-6);
+
+    // A dataset split: the first 3 validation scenes, with their real images.
+    let ds = d.join("ds");
+    let o = spade(&[
+        "synthesize", "--checkpoint", run.to_str().unwrap(), "--dataset", "synthetic", "--split", "val",
+        "--how-many", "3", "--batch-size", "2", "--output-dir", ds.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(ds.join("index.html")).unwrap();
+    assert_eq!(page.matches("<tr><td class=\"name\">").count(), 3, "{page}");
+    assert!(page.contains("<th>real</th>") && page.contains("src=\"real/000002.png\""), "{page}");
+    assert_eq!(image::open(ds.join("real/000002.png")).unwrap().to_rgb8().dimensions(), (32, 32));
+    assert!(ds.join("000002.png").is_file() && !ds.join("000003.png").exists());
+
+    // A folder without a partner instance map names the file.
+    std::fs::remove_file(insts.join("scene2.png")).unwrap();
+    let o = spade(&[
+        "synthesize", "--checkpoint", run.to_str().unwrap(), "--labels", labels.to_str().unwrap(),
+        "--instances", insts.to_str().unwrap(), "--output-dir", d.join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("scene2.png: no instance map scene2.png"), "{err}");
+}

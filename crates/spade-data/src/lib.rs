@@ -35,7 +35,7 @@ pub use dataset::{check, export_synthetic, open, CheckReport, Dataset, FileDatas
 pub use error::{DataError, FileKind};
 pub use layout::{list_pairs, Listing, PairPaths};
 pub use loader::{BatchLoader, LoaderOptions};
-pub use pngio::{read_image, read_instance_png, read_label_png, ClassInfo, Palette};
+pub use pngio::{decode_label_png, read_image, read_instance_png, read_label_png, ClassInfo, Palette};
 
 /// An integer map (labels or instance ids), row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -125,9 +125,12 @@ fn check_pixels(path: &Path, kind: FileKind, width: u64, height: u64) -> Result<
 }
 
 fn decode_png(path: &Path, kind: FileKind) -> Result<RawPng> {
-    let bytes = read_bytes(path, kind)?;
+    decode_png_bytes(&read_bytes(path, kind)?, path, kind)
+}
+
+fn decode_png_bytes(bytes: &[u8], path: &Path, kind: FileKind) -> Result<RawPng> {
     let corrupt = |detail: String| DataError::Corrupt { path: path.to_path_buf(), kind, detail };
-    let mut decoder = png::Decoder::new(Cursor::new(&bytes[..]));
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(|e| corrupt(format!("PNG decoding failed: {e}")))?;
     {
@@ -178,7 +181,13 @@ fn format_name(raw: &RawPng) -> String {
 /// palette-indexed PNGs (the indices are the ids). RGB/RGBA PNGs are accepted only with a
 /// `palette`: each colour is looked up, and a colour not in it is an error.
 pub fn read_label_png(path: &Path, palette: Option<&Palette>) -> Result<LabelMap> {
-    let raw = decode_png(path, FileKind::Label)?;
+    decode_label_png(&read_bytes(path, FileKind::Label)?, path, palette)
+}
+
+/// [`read_label_png`] of a PNG already in memory (an upload); `name` is what errors call it.
+pub fn decode_label_png(bytes: &[u8], name: &Path, palette: Option<&Palette>) -> Result<LabelMap> {
+    let path = name;
+    let raw = decode_png_bytes(bytes, path, FileKind::Label)?;
     let (w, h) = (raw.width, raw.height);
     let data: Vec<u32> = match raw.color {
         png::ColorType::Grayscale | png::ColorType::Indexed => raw.samples.iter().map(|&v| v as u32).collect(),

@@ -481,6 +481,8 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         if let Some(f) = &fake {
             if t.display_freq > 0 && (done % t.display_freq == 0 || done == total) {
                 save_grid(&run.join("samples").join(format!("iter_{done:08}.png")), &batch.samples, f)?;
+                let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                spade_synth::page::write_samples_page(&run.join("samples"), &name).map_err(|e| file_err(run, e))?;
             }
         }
         last_losses = losses;
