@@ -148,7 +148,7 @@ open(f"{D}/tiny.yaml", "w").write(TINY)
 def run(args, wait=True):
     t0 = time.time()
     p = subprocess.Popen([SPADE] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env=dict(os.environ, RAYON_NUM_THREADS="2"))
+                         env={k: v for k, v in dict(os.environ, RAYON_NUM_THREADS="2").items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")})
     err = p.stderr.read().decode(errors="replace")
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)

@@ -8,6 +8,7 @@ mod plots;
 mod report;
 mod reproduce;
 mod stats;
+mod test_weights;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -28,6 +29,8 @@ enum Command {
     Ablation(reproduce::Args),
     /// Rebuild reports/<table>.md and .csv from the runs on disk.
     Report(report::Args),
+    /// Write random weights of a paper segmenter (.pth, release names) for pipeline tests.
+    TestWeights(test_weights::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),
         Command::FetchWeights(a) => fetch_weights::run(a),
+        Command::TestWeights(a) => test_weights::run(a),
     }
 }

@@ -227,6 +227,9 @@ pub struct RunRecord {
     pub info: RowInfo,
     pub metrics: MetricsFile,
     pub objective: Option<String>,
+    /// The evaluation used weights that are not the released ones (`eval_protocol.json`'s
+    /// `test_weights`): its segmentation and FID numbers test the pipeline, nothing more.
+    pub test_weights: bool,
 }
 
 /// A row of the table with its runs.
@@ -281,7 +284,10 @@ pub fn collect<'a>(
                     continue;
                 }
                 let run: Value = read_json(&dir.join("run.json")).unwrap_or_default();
+                let protocol: Value =
+                    read_json(&dir.join(spade_train::protocol::EVAL_PROTOCOL_FILE)).unwrap_or_default();
                 rr.runs.push(RunRecord {
+                    test_weights: protocol["test_weights"].as_bool().unwrap_or(false),
                     seed,
                     info: read_json(&dir.join("row.json"))?,
                     metrics: read_json(&dir.join("metrics.json"))?,
@@ -557,6 +563,14 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
             }
         )?;
     }
+    if rows.iter().flat_map(|r| r.runs.iter()).any(|r| r.test_weights) {
+        writeln!(
+            md,
+            "**Test weights.** Some runs were scored with segmenter or Inception weights that are not the released ones \
+             (`eval_protocol.json`: `test_weights`, e.g. random weights written by a test). Their mIoU, accuracy and FID \
+             check the pipeline and say nothing about image quality; the CSV marks them in `test_weights`.\n"
+        )?;
+    }
     writeln!(md, "## Results\n")?;
     writeln!(
         md,
@@ -727,6 +741,10 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
             rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.parameters_g)).collect::<Vec<_>>(),
         ),
         Column::new("objective".into(), s_col(&|r| r.runs.first().and_then(|x| x.objective.clone()))),
+        Column::new(
+            "test_weights".into(),
+            rows.iter().map(|r| (!r.runs.is_empty()).then(|| r.runs.iter().any(|x| x.test_weights))).collect::<Vec<_>>(),
+        ),
     ];
     for (k, m) in Metric::ALL.iter().enumerate() {
         let col = |f: &dyn Fn(&(f64, f64, usize)) -> f64| agg.iter().map(|s| nan_none(f(&s[k]))).collect::<Vec<_>>();

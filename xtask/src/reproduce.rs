@@ -339,7 +339,7 @@ pub fn run(args: Args) -> Result<()> {
     let rows: Vec<&Row> = rows.into_iter().filter(|r| r.not_run.is_none()).collect();
     // Every file the evaluation needs, found and opened before any row trains.
     let first = match rows.first() {
-        Some(r) => row_config(&t, profile, r, &args)?,
+        Some(r) => row_config(&t, profile, r, &args, 0)?,
         None => return crate::report::build(&t, &args),
     };
     let eval = crate::eval_setup::prepare(&args.eval, &first, profile.segmenter.clone(), &root.join("runs/cache"))?;

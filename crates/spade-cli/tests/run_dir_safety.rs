@@ -35,6 +35,8 @@ fn spade() -> Command {
 
 fn train_cmd(cfg: &Path, run: &Path, resume: bool, iters: usize) -> Command {
     let mut c = spade();
+    // The error is checked as a user sees it: no backtrace appended (RUST_BACKTRACE may be set).
+    c.env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
     c.args(["train", "--quiet", "--config"]).arg(cfg).arg("--output-dir").arg(run);
     c.args(["--max-iters", &iters.to_string()]);
     if resume {

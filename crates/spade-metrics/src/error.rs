@@ -29,7 +29,7 @@ pub enum MetricsError {
     Hub { repo: String, file: String, msg: String },
 
     /// A statistics `.npz` (pytorch-fid layout: `mu`, `sigma`) is malformed.
-    #[error("statistics file {}: {msg}", path.display())]
+    #[error("{}: statistics file: {msg}", path.display())]
     Stats { path: PathBuf, msg: String },
 
     /// An image could not be decoded.

@@ -11,13 +11,14 @@ use spade_serve::client::{request, Answer};
 use spade_serve::{App, Limits};
 use spade_synth::{palette, Synthesizer};
 
-const W: u32 = 32;
-const H: u32 = 32;
+// The encoder (ConvEncoder, as the reference's) needs 256x256 inputs.
+const W: u32 = 256;
+const H: u32 = 256;
 
 /// A VAE SPADE generator over the synthetic dataset's 14 classes, with instance edges, and an
 /// encoder: every path of the API.
 fn app(limits: Limits, encoder: bool) -> Arc<App> {
-    let opt = NetOptions { label_nc: 14, ngf: 2, crop_size: 32, use_vae: true, z_dim: 8, ..Default::default() };
+    let opt = NetOptions { label_nc: 14, ngf: 2, crop_size: W as usize, use_vae: true, z_dim: 256, ..Default::default() };
     let gs = ParamStore::fresh(7, DType::F32, &Device::Cpu).frozen();
     let g = Generator::new(&opt, &gs.root()).unwrap();
     let e = encoder.then(|| {
@@ -88,7 +89,7 @@ fn page_info_and_classes() {
         assert!(html.contains(id), "the page has no {id}");
     }
     let info = request(addr, "GET", "/api/info", None, b"").unwrap().json();
-    assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(32), Some(32)));
+    assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(W as u64), Some(H as u64)));
     assert_eq!(info["label_nc"], 14);
     assert_eq!(info["has_encoder"], true);
     assert_eq!(info["default_class"], 0); // sky
@@ -117,7 +118,7 @@ fn gray_ids_rgb_colours_and_16_bit_give_the_same_image_and_seeds_differ() {
     assert_eq!(gray, again, "the same seed gives the same image");
     let other = decoded(&post(addr, "?seed=4", Some("image/png"), &gray_png(W, H, ids)));
     assert_ne!(gray, other, "another seed gives another z, so another image");
-    let classes = decoded(&post(addr, "?seed=3", Some("image/png"), &gray_png(W, H, |x, y| if x < W / 2 { 8 } else { 3 })));
+    let classes = decoded(&post(addr, "?seed=3", Some("image/png"), &gray_png(W, H, |x, _y| if x < W / 2 { 8 } else { 3 })));
     assert_ne!(gray, classes, "another class in a region gives another image");
 }
 
@@ -155,7 +156,7 @@ fn style_image_by_multipart() {
 
 #[test]
 fn bad_requests_get_4xx_json_and_the_server_stays_up() {
-    let limits = Limits { max_body_bytes: 64 << 10, max_side: 100, max_concurrent: 2 };
+    let limits = Limits { max_body_bytes: 64 << 10, max_side: 300, max_concurrent: 2 };
     let addr = start(limits, false);
     let e = error_of(&post(addr, "", Some("image/png"), b"GIF89a this is not a png"), 400);
     assert!(e.contains("not a PNG"), "{e}");
@@ -165,14 +166,14 @@ fn bad_requests_get_4xx_json_and_the_server_stays_up() {
     assert!(e.contains("label map"), "{e}");
     let e = error_of(&post(addr, "", Some("image/png"), &rgb_png(W, H, |x, y| if (x, y) == (5, 9) { [1, 2, 3] } else { [110, 170, 240] })), 400);
     assert!(e.contains("[1, 2, 3]") && e.contains("(x=5, y=9)") && e.contains("palette"), "{e}");
-    let e = error_of(&post(addr, "", Some("image/png"), &gray_png(W, H, |x, y| if (x, y) == (7, 1) { 14 } else { 0 })), 400);
-    assert!(e.contains("label value 14 at (x=7, y=1)") && e.contains("0..=13"), "{e}");
+    let e = error_of(&post(addr, "", Some("image/png"), &gray_png(W, H, |x, y| if (x, y) == (7, 1) { 15 } else { 0 })), 400);
+    assert!(e.contains("label value 15 at (x=7, y=1)") && e.contains("0..=13"), "{e}");
     let e = error_of(&post(addr, "", Some("image/png"), &gray16_png(W, H, |_, _| 4000)), 400);
     assert!(e.contains("label value 4000"), "{e}");
     let e = error_of(&post(addr, "", Some("image/png"), &vec![0u8; 100 << 10]), 413);
     assert!(e.contains("over the cap of 65536 bytes"), "{e}");
-    let e = error_of(&post(addr, "", Some("image/png"), &gray_png(101, 8, |_, _| 0)), 413);
-    assert!(e.contains("101x8") && e.contains("cap is 100 pixels a side"), "{e}");
+    let e = error_of(&post(addr, "", Some("image/png"), &gray_png(301, 8, |_, _| 0)), 413);
+    assert!(e.contains("301x8") && e.contains("cap is 300 pixels a side"), "{e}");
     let e = error_of(&post(addr, "", Some("text/plain"), b"sky"), 415);
     assert!(e.contains("expected image/png"), "{e}");
     let e = error_of(&post(addr, "?seed=minus-one", Some("image/png"), &gray_png(W, H, ids)), 400);

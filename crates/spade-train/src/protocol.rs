@@ -180,6 +180,54 @@ impl SegmenterKind {
     }
 }
 
+impl SegmenterKind {
+    /// Writes weights with deterministic random values for this segmenter into `dir`, under
+    /// its release file names (one `.pth` per [`SegmenterKind::weight_files`] entry), in the
+    /// layout of the reference's `state_dict` and read back by [`SegmenterKind::open`] through
+    /// the same reader as users' files. They test the pipeline on real data (the numbers mean
+    /// nothing): an evaluation that uses them is marked `test_weights`, since their hash is not
+    /// a released one. DeepLabV2, DRN and UperNet only.
+    pub fn write_test_weights(self, dir: &Path, seed: u64, device: &Device) -> Result<Vec<PathBuf>> {
+        use spade_metrics::segnet::{random_state_dict, TORCH_BN_BUFFERS};
+        std::fs::create_dir_all(dir).map_err(|e| invalid("test weights folder", dir.display(), e.to_string()))?;
+        let files = self.weight_files();
+        let paths: Vec<PathBuf> = files.iter().map(|w| dir.join(w.file)).collect();
+        let save = |path: &Path, sd: Vec<(String, candle_core::Tensor)>| -> Result<()> {
+            spade_io::pth::save(path, &sd).map_err(|e| invalid("test weights", path.display(), e.to_string()))
+        };
+        match self {
+            SegmenterKind::DeepLabV2 => {
+                let cfg = spade_metrics::DeepLabV2Config::cocostuff164k();
+                let (_, sd) = random_state_dict(seed, device, TORCH_BN_BUFFERS, |vb| {
+                    spade_metrics::deeplabv2::DeepLabV2::new(&cfg, vb)
+                })?;
+                save(&paths[0], sd)?;
+            }
+            SegmenterKind::Drn => {
+                let cfg = spade_metrics::DrnConfig::drn_d_105_cityscapes();
+                let (_, sd) =
+                    random_state_dict(seed, device, TORCH_BN_BUFFERS, |vb| spade_metrics::drn::DrnSeg::new(&cfg, vb))?;
+                save(&paths[0], sd)?;
+            }
+            SegmenterKind::UperNet => {
+                let cfg = spade_metrics::UperNetConfig::ade20k_resnet101();
+                let (_, enc) = random_state_dict(seed, device, TORCH_BN_BUFFERS, |vb| {
+                    spade_metrics::upernet::UperNetEncoder::new(&cfg, vb)
+                })?;
+                save(&paths[0], enc)?;
+                let (_, dec) = random_state_dict(seed + 1, device, TORCH_BN_BUFFERS, |vb| {
+                    spade_metrics::upernet::UperNetDecoder::new(&cfg, vb)
+                })?;
+                save(&paths[1], dec)?;
+            }
+            other => {
+                return Err(invalid("test weights for the segmenter", other, "deeplabv2, drn or upernet"));
+            }
+        }
+        Ok(paths)
+    }
+}
+
 const SEGFORMER_URL: &str = "https://huggingface.co/nvidia/segformer-b0-finetuned-ade-512-512";
 
 #[cfg(feature = "segformer")]
@@ -679,7 +727,7 @@ pub struct SyntheticSource {
 
 /// The synthetic dataset's segmenter: loaded from the cache, or trained and cached.
 pub fn open_synthetic(src: &SyntheticSource, device: &Device) -> Result<Box<dyn Segmenter>> {
-    Ok(Box::new(SyntheticSegmenter::load_or_train(&src.cache_dir, src.spec, device, src.progress)?))
+    Ok(Box::new(SyntheticSegmenter::load_or_train(&src.cache_dir, src.spec.clone(), device, src.progress)?))
 }
 
 impl EvalSetup {
