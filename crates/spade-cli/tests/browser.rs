@@ -5,7 +5,7 @@
 //! a screenshot as `target/serve-screenshot.png`.
 //!
 //! Behind the `browser-test` feature (not in `cargo test --workspace`): `.ci/run` installs
-//! Chromium and runs `cargo test -p spade-cli --features browser-test --test browser`. Without
+//! Chromium and runs `cargo test --workspace --features spade-cli/browser-test --test browser`. Without
 //! Chromium this test fails; it never skips.
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;

@@ -165,6 +165,11 @@ impl Operand for MatRef<'_> {
 }
 
 /// `C[MR x NR] (+)= Ap * Bp` over `kc`; C rows `ldc` apart.
+///
+/// # Safety
+/// The CPU must support AVX-512F (`available()`). `ap` is valid for `kc * MR` reads, `bp` for
+/// `kc * NR`, and `c` for reads and writes of `MR` rows of `NR` values, `ldc` apart, that no
+/// other thread touches meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
@@ -179,6 +184,9 @@ pub(super) unsafe fn micro(kc: usize, ap: *const f32, bp: *const f32, c: *mut f3
 }
 
 /// One step of the inner dimension: `acc += Ap[p] * Bp[p]` (an `MR` column of A, an `NR` row of B).
+///
+/// # Safety
+/// AVX-512F; `ap` valid for `MR` reads and `bp` for `NR`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -196,6 +204,9 @@ unsafe fn kstep(acc: &mut [[__m512; NV]; MR], ap: *const f32, bp: *const f32) {
 }
 
 /// [`micro`] with B read in place: row `p` of the panel at `b.add(offs[p])`.
+///
+/// # Safety
+/// As [`micro`], with `offs` valid for `kc` reads and every `b.add(offs[p])` for `NR`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn micro_rows(
@@ -217,6 +228,9 @@ unsafe fn micro_rows(
 }
 
 /// Writes (or adds, with `load`) the accumulators to C.
+///
+/// # Safety
+/// AVX-512F; `c` valid for reads and writes of `MR` rows of `NR` values, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -242,6 +256,10 @@ enum Panel {
 }
 
 /// One `MR x NR` tile, through a scratch tile where it overhangs C.
+///
+/// # Safety
+/// As [`micro`] (or [`micro_rows`] for `Panel::Rows`), with C valid for `rows x cols`
+/// (at most `MR x NR`) values, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile(kc: usize, ap: *const f32, b: Panel, c: CPtr, ldc: usize, rows: usize, cols: usize, load: bool) {

@@ -85,6 +85,8 @@ pub(crate) fn wide_available() -> bool {
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        /// # Safety
+        /// The CPU must support AVX-512F, AVX2 and FMA (`wide_available()`, checked below).
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
             f()

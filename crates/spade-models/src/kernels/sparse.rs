@@ -133,6 +133,10 @@ pub(crate) fn forward(sp: &SparsePixels, w: &[f32], g: &Geom1, y: &mut [f32]) {
 /// [`forward_row`] compiled for AVX-512: too large a body for [`super::wide`]'s closure to be
 /// inlined into its AVX-512 frame, it stayed 4 wide there (4x22x128x128 -> 128: 40 ms instead
 /// of 28-30 alone).
+///
+/// # Safety
+/// The CPU must support AVX-512F (and AVX2 and FMA where enabled): callers check `avx512::available()` / `wide_available()` first. The arguments are those of [`forward_row`], whose `out` must be valid for
+/// the output row `oy` as it requires.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn forward_row_avx512(sp: &SparsePixels, wt: &[f32], g: &Geom1, oy: usize, acc: &mut [f32], out: OutPtr) {
@@ -239,6 +243,9 @@ fn filter_band(sp: &SparsePixels, dy: &[f32], g: &Geom1, rows: (usize, usize)) -
 }
 
 /// [`filter_band`] compiled for AVX-512 (see [`forward_row_avx512`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F (and AVX2 and FMA where enabled): callers check `avx512::available()` / `wide_available()` first. Otherwise as safe as [`filter_band`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn filter_band_avx512(sp: &SparsePixels, dy: &[f32], g: &Geom1, rows: (usize, usize)) -> Vec<f32> {

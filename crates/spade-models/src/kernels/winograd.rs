@@ -233,6 +233,11 @@ fn at(m: [__m512; 4]) -> [__m512; 2] {
 
 /// One block of tiles `[t0, t1)` (at most `NR`): input transform into `v` (`16 x cin x NR`),
 /// the 16 products into `m` (`16 x mpad x NR`), output transform into `out`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (and AVX2 and FMA where enabled): callers check `avx512::available()` / `wide_available()` first. `xp`, `u`, `v` and `m` hold at least the sizes `g` gives them (padded input,
+/// transformed weights, `16 x cin x NR`, `16 x mpad x NR`); `out` is valid for writes of every
+/// output pixel of tiles `[t0, t1)`, which no other thread writes; `epi`'s bias has `g.cout` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -463,6 +468,10 @@ pub(super) fn filter_grad3x3(x: &[f32], dy: &[f32], n: usize, cin: usize, h: usi
 /// channels), the input's `B^T d B` into `b` (`16 x (npad / NR) x KB x NR`: B panels of `NR`
 /// input channels), then `du[xi] (mpad x npad) += a[xi] b[xi]`. `xt` is the padded input,
 /// pixel-major with `npad` channels; `dyt` the output gradient, `2th x 2tw`, `mpad` channels.
+///
+/// # Safety
+/// The CPU must support AVX-512F (and AVX2 and FMA where enabled): callers check `avx512::available()` / `wide_available()` first. Every slice holds at least the size this comment gives it for `g` and `npad`;
+/// `t1 - t0` is at most [`KB`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
