@@ -111,7 +111,14 @@ fn time_iteration(dev: &Device, vgg: bool, iters: usize) -> Result<f64> {
 }
 
 fn paper_coco_options() -> NetOptions {
-    NetOptions { label_nc: 182, contain_dontcare_label: true, no_instance: false, ngf: 64, crop_size: 256, ..Default::default() }
+    NetOptions {
+        label_nc: 182,
+        contain_dontcare_label: true,
+        no_instance: false,
+        ngf: 64,
+        crop_size: 256,
+        ..Default::default()
+    }
 }
 
 /// One inference of the paper-size COCO-Stuff generator (eval mode, batch 1).
@@ -139,13 +146,26 @@ fn time_serve(dev: &Device, iters: usize) -> Result<f64> {
     let addr = spade_serve::spawn("127.0.0.1:0".parse()?, app)?;
     // sky-other, sea, sand, tree (COCO-Stuff file ids).
     let label = image::GrayImage::from_fn(256, 256, |x, y| {
-        image::Luma([if y < 100 { 156 } else if y < 160 { 154 } else if x < 128 { 153 } else { 168 }])
+        image::Luma([if y < 100 {
+            156
+        } else if y < 160 {
+            154
+        } else if x < 128 {
+            153
+        } else {
+            168
+        }])
     });
     let mut png = Vec::new();
     label.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
     per_iter(dev, iters, || {
         let a = spade_serve::client::request(addr, "POST", "/api/synthesize?seed=0", Some("image/png"), &png)?;
-        anyhow::ensure!(a.status == 200, "POST /api/synthesize: HTTP {}: {}", a.status, String::from_utf8_lossy(&a.body));
+        anyhow::ensure!(
+            a.status == 200,
+            "POST /api/synthesize: HTTP {}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
         Ok(())
     })
 }

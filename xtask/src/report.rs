@@ -743,7 +743,9 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
         Column::new("objective".into(), s_col(&|r| r.runs.first().and_then(|x| x.objective.clone()))),
         Column::new(
             "test_weights".into(),
-            rows.iter().map(|r| (!r.runs.is_empty()).then(|| r.runs.iter().any(|x| x.test_weights))).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| (!r.runs.is_empty()).then(|| r.runs.iter().any(|x| x.test_weights)))
+                .collect::<Vec<_>>(),
         ),
     ];
     for (k, m) in Metric::ALL.iter().enumerate() {

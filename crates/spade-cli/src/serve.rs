@@ -40,7 +40,8 @@ pub fn run(args: Args) -> Result<()> {
     let ckpt = crate::synthesize::resolve_checkpoint(&args.checkpoint);
     let synth = Synthesizer::load(&ckpt, &args.which_epoch, &dev, true)?;
     let pal = palette::for_options(synth.options(), crate::synthesize::load_palette(args.palette.as_deref())?)?;
-    let limits = Limits { max_body_bytes: args.max_body_bytes, max_side: args.max_side, max_concurrent: args.max_concurrent };
+    let limits =
+        Limits { max_body_bytes: args.max_body_bytes, max_side: args.max_side, max_concurrent: args.max_concurrent };
     let (h, w) = synth.size();
     let about = format!(
         "{}: netG {}, {} classes, {w}x{h}{}",

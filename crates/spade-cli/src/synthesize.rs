@@ -157,14 +157,22 @@ fn jobs(args: &Args, synth: &Synthesizer) -> Result<(Vec<Job>, Option<Arc<dyn Da
             bail!("{}: no .png label maps in the folder", dir.display());
         }
         let by_stem: BTreeMap<String, PathBuf> = match &args.instances_dir {
-            Some(d) => list_pngs(d)?.into_iter().map(|p| -> Result<(String, PathBuf)> { Ok((stem_of(&p)?, p)) }).collect::<Result<_>>()?,
+            Some(d) => list_pngs(d)?
+                .into_iter()
+                .map(|p| -> Result<(String, PathBuf)> { Ok((stem_of(&p)?, p)) })
+                .collect::<Result<_>>()?,
             None => BTreeMap::new(),
         };
         let mut out = Vec::with_capacity(labels.len());
         for l in labels {
             let instance = match &args.instances_dir {
                 Some(d) => Some(by_stem.get(&stem_of(&l)?).cloned().with_context(|| {
-                    format!("{}: no instance map {}.png in {} (paired by file stem)", l.display(), stem_of(&l).unwrap_or_default(), d.display())
+                    format!(
+                        "{}: no instance map {}.png in {} (paired by file stem)",
+                        l.display(),
+                        stem_of(&l).unwrap_or_default(),
+                        d.display()
+                    )
                 })?),
                 None => None,
             };
@@ -255,12 +263,17 @@ pub fn run(args: Args) -> Result<()> {
             // Parsed with the shape checked against the bytes present (a header may declare
             // any shape), then made a tensor.
             let bytes = std::fs::read(p).with_context(|| format!("{}: reading z", p.display()))?;
-            let arr = spade_metrics::stats_io::parse_npy(&bytes, &p.display().to_string()).map_err(anyhow::Error::msg)?;
+            let arr =
+                spade_metrics::stats_io::parse_npy(&bytes, &p.display().to_string()).map_err(anyhow::Error::msg)?;
             let data: Vec<f32> = arr.data.iter().map(|&v| v as f32).collect();
             let z = Tensor::from_vec(data, arr.shape.as_slice(), &Device::Cpu)?.to_device(&dev)?;
             let z_dim = synth.options().z_dim;
             if z.dims().len() != 2 || z.dims()[1] != z_dim || z.dims()[0] < n {
-                bail!("{}: z has shape {:?}, expected ({n}, {z_dim}) (one row of z_dim per input)", p.display(), z.dims());
+                bail!(
+                    "{}: z has shape {:?}, expected ({n}, {z_dim}) (one row of z_dim per input)",
+                    p.display(),
+                    z.dims()
+                );
             }
             Some(z)
         }
@@ -281,7 +294,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let bar = indicatif::ProgressBar::new(n as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}").expect("template"),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}")
+            .expect("template"),
     );
     let mut rows = Vec::with_capacity(n);
     let mut stems = HashSet::new();
@@ -342,7 +356,12 @@ pub fn run(args: Args) -> Result<()> {
     ResultsPage {
         title: format!("spade synthesize: {}", ckpt.display()),
         notes: vec![
-            format!("checkpoint {} ({}), {n} inputs from {source}, seed {}", ckpt.display(), args.which_epoch, args.seed),
+            format!(
+                "checkpoint {} ({}), {n} inputs from {source}, seed {}",
+                ckpt.display(),
+                args.which_epoch,
+                args.seed
+            ),
             format!("netG {}, {} classes, {w}x{h}", synth.options().net_g.as_str(), synth.label_nc()),
         ],
         columns,

@@ -74,7 +74,8 @@ impl Cdp {
         let t0 = Instant::now();
         loop {
             // While the page navigates, its context may be gone: try again.
-            let r = self.try_call("Runtime.evaluate", json!({"expression": expr, "awaitPromise": true, "returnByValue": true}));
+            let r = self
+                .try_call("Runtime.evaluate", json!({"expression": expr, "awaitPromise": true, "returnByValue": true}));
             let v = match r {
                 Ok(r) if r.get("exceptionDetails").is_none() => r["result"]["value"].clone(),
                 _ => Value::Null,
@@ -154,7 +155,8 @@ fn train_tiny(dir: &Path) -> PathBuf {
     )
     .unwrap();
     let run = dir.join("run");
-    let o = spade().args(["train", "--config"]).arg(&cfg).arg("--output-dir").arg(&run).arg("--quiet").output().unwrap();
+    let o =
+        spade().args(["train", "--config"]).arg(&cfg).arg("--output-dir").arg(&run).arg("--quiet").output().unwrap();
     assert!(o.status.success(), "spade train failed: {}", String::from_utf8_lossy(&o.stderr));
     run
 }
@@ -231,10 +233,17 @@ fn paint_two_regions_and_see_images_change() {
     let target = cdp.call("Target.createTarget", json!({"url": "about:blank"}));
     let attached = cdp.call("Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true}));
     cdp.session = Some(attached["sessionId"].as_str().unwrap().to_string());
-    cdp.call("Emulation.setDeviceMetricsOverride", json!({"width": 1360, "height": 760, "deviceScaleFactor": 1, "mobile": false}));
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1360, "height": 760, "deviceScaleFactor": 1, "mobile": false}),
+    );
     cdp.call("Page.enable", json!({}));
     cdp.call("Page.navigate", json!({"url": url}));
-    cdp.wait_for("the page to load", "document.readyState === 'complete' && !!window.spade && !!spade.ids", Duration::from_secs(30));
+    cdp.wait_for(
+        "the page to load",
+        "document.readyState === 'complete' && !!window.spade && !!spade.ids",
+        Duration::from_secs(30),
+    );
     let first = cdp.next_image(0);
 
     // The model's palette with names and colours, and the canvas at the model's aspect ratio.
@@ -242,7 +251,11 @@ fn paint_two_regions_and_see_images_change() {
     assert_eq!(classes.as_array().unwrap().len(), 14, "{classes}");
     assert_eq!(cdp.eval("document.querySelectorAll('#palette .cls').length"), json!(14));
     assert_eq!(cdp.eval("[canvas.width, canvas.height]"), json!([64, 64]));
-    assert_eq!(cdp.eval("getComputedStyle(document.getElementById('style-row')).display"), json!("flex"), "the model has an encoder: style upload shown");
+    assert_eq!(
+        cdp.eval("getComputedStyle(document.getElementById('style-row')).display"),
+        json!("flex"),
+        "the model has an encoder: style upload shown"
+    );
     let canvas = cdp.eval("(() => { const r = canvas.getBoundingClientRect(); return {left: r.left, top: r.top, width: r.width, height: r.height}; })()");
 
     // Region 1: grass, a thick stroke across the lower half; region 2: water, a blob upper right.
@@ -262,7 +275,10 @@ fn paint_two_regions_and_see_images_change() {
     let painted = cdp.next_image(before);
     let present = cdp.eval("[...new Set(spade.ids)].sort((a, b) => a - b)");
     let present: Vec<u64> = present.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(present.contains(&grass) && present.contains(&water), "painted classes {present:?}, want {grass} and {water}");
+    assert!(
+        present.contains(&grass) && present.contains(&water),
+        "painted classes {present:?}, want {grass} and {water}"
+    );
     assert_ne!(painted, first, "painting two regions changes the image");
 
     // Another seed: another image.

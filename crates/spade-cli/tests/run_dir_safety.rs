@@ -69,7 +69,8 @@ fn sigkilled_training_resumes_to_the_end_with_every_iteration_logged_once() {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay = Duration::from_millis(150 + (state >> 33) % 1200);
         let resume = spade_train::run::latest_checkpoint(&run).is_some();
-        let mut child = train_cmd(&cfg, &run, resume, total).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            train_cmd(&cfg, &run, resume, total).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let start = Instant::now();
         let mut finished = None;
         while start.elapsed() < delay {

@@ -205,8 +205,18 @@ fn folders_and_dataset_splits_in_batches_with_a_results_page() {
     }
     let folder = |out: &Path, bs: &str| {
         let o = spade(&[
-            "synthesize", "--checkpoint", run.to_str().unwrap(), "--labels", labels.to_str().unwrap(),
-            "--instances", insts.to_str().unwrap(), "--batch-size", bs, "--raw", "--output-dir", out.to_str().unwrap(),
+            "synthesize",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--instances",
+            insts.to_str().unwrap(),
+            "--batch-size",
+            bs,
+            "--raw",
+            "--output-dir",
+            out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
@@ -215,7 +225,10 @@ fn folders_and_dataset_splits_in_batches_with_a_results_page() {
     folder(&b2, "2");
     for k in 0..3 {
         let stem = format!("scene{k}");
-        assert!(max_abs(&b1.join(format!("{stem}.npy")), &b2.join(format!("{stem}.npy"))) < 1e-4, "batch size changed {stem}");
+        assert!(
+            max_abs(&b1.join(format!("{stem}.npy")), &b2.join(format!("{stem}.npy"))) < 1e-4,
+            "batch size changed {stem}"
+        );
         let label = image::open(b2.join(format!("label/{stem}.png"))).unwrap().to_rgb8();
         // Colourised with the synthetic dataset's palette: (0, 0) has class k.
         assert_eq!(label.get_pixel(0, 0).0, spade_data::synthetic::PALETTE[k]);
@@ -231,13 +244,25 @@ fn folders_and_dataset_splits_in_batches_with_a_results_page() {
     spade_synth::palette::Builtin::Synthetic.palette().save(&pal).unwrap();
     let rgb = d.join("rgb");
     std::fs::create_dir_all(&rgb).unwrap();
-    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb(spade_data::synthetic::PALETTE[((x / 8 + y / 8 + 1) % 14) as usize]))
-        .save(rgb.join("scene1.png"))
-        .unwrap();
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb(spade_data::synthetic::PALETTE[((x / 8 + y / 8 + 1) % 14) as usize])
+    })
+    .save(rgb.join("scene1.png"))
+    .unwrap();
     let out = d.join("rgb_out");
     let o = spade(&[
-        "synthesize", "--checkpoint", run.to_str().unwrap(), "--labels", rgb.to_str().unwrap(), "--instances",
-        insts.to_str().unwrap(), "--palette", pal.to_str().unwrap(), "--raw", "--output-dir", out.to_str().unwrap(),
+        "synthesize",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--labels",
+        rgb.to_str().unwrap(),
+        "--instances",
+        insts.to_str().unwrap(),
+        "--palette",
+        pal.to_str().unwrap(),
+        "--raw",
+        "--output-dir",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(max_abs(&out.join("scene1.npy"), &b1.join("scene1.npy")) < 1e-6);
@@ -245,8 +270,19 @@ fn folders_and_dataset_splits_in_batches_with_a_results_page() {
     // A dataset split: the first 3 validation scenes, with their real images.
     let ds = d.join("ds");
     let o = spade(&[
-        "synthesize", "--checkpoint", run.to_str().unwrap(), "--dataset", "synthetic", "--split", "val",
-        "--how-many", "3", "--batch-size", "2", "--output-dir", ds.to_str().unwrap(),
+        "synthesize",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--dataset",
+        "synthetic",
+        "--split",
+        "val",
+        "--how-many",
+        "3",
+        "--batch-size",
+        "2",
+        "--output-dir",
+        ds.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let page = std::fs::read_to_string(ds.join("index.html")).unwrap();
@@ -258,8 +294,15 @@ fn folders_and_dataset_splits_in_batches_with_a_results_page() {
     // A folder without a partner instance map names the file.
     std::fs::remove_file(insts.join("scene2.png")).unwrap();
     let o = spade(&[
-        "synthesize", "--checkpoint", run.to_str().unwrap(), "--labels", labels.to_str().unwrap(),
-        "--instances", insts.to_str().unwrap(), "--output-dir", d.join("x").to_str().unwrap(),
+        "synthesize",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--instances",
+        insts.to_str().unwrap(),
+        "--output-dir",
+        d.join("x").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

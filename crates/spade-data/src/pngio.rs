@@ -261,10 +261,7 @@ pub fn read_image(path: &Path) -> Result<RgbImage> {
         detail: format!("image decoding failed: {e}"),
     };
     let reader = || image::ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format();
-    let (w, h) = reader()
-        .map_err(|e| corrupt(image::ImageError::IoError(e)))?
-        .into_dimensions()
-        .map_err(corrupt)?;
+    let (w, h) = reader().map_err(|e| corrupt(image::ImageError::IoError(e)))?.into_dimensions().map_err(corrupt)?;
     check_pixels(path, FileKind::Image, w as u64, h as u64)?;
     let mut r = reader().map_err(|e| corrupt(image::ImageError::IoError(e)))?;
     let mut limits = image::Limits::default();
@@ -392,13 +389,18 @@ mod hostile_tests {
     fn huge_declared_labels_are_refused_from_the_header() {
         let dir = tempfile::tempdir().unwrap();
         // 16384 x (2^31 - 1) RGBA16 (issue 15), and 30000 x 30000 8-bit gray.
-        for (name, w, h, depth, color) in [("rgba16.png", 16384, (1u32 << 31) - 1, 16, 6), ("big.png", 30000, 30000, 8, 0)] {
+        for (name, w, h, depth, color) in
+            [("rgba16.png", 16384, (1u32 << 31) - 1, 16, 6), ("big.png", 30000, 30000, 8, 0)]
+        {
             let p = dir.path().join(name);
             std::fs::write(&p, png_header_only(w, h, depth, color)).unwrap();
             for r in [read_label_png(&p, None), read_instance_png(&p)] {
                 let e = r.unwrap_err().to_string();
                 assert!(e.starts_with(&p.display().to_string()), "{e}");
-                assert!(e.contains(&format!("{w}x{h}")) && e.contains("33554432") && e.contains("SPADE_MAX_IMAGE_PIXELS"), "{e}");
+                assert!(
+                    e.contains(&format!("{w}x{h}")) && e.contains("33554432") && e.contains("SPADE_MAX_IMAGE_PIXELS"),
+                    "{e}"
+                );
             }
             let e = read_image(&p).unwrap_err().to_string();
             assert!(e.starts_with(&p.display().to_string()), "{e}");

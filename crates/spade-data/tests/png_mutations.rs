@@ -34,7 +34,8 @@ fn mutated_instance_png_16bit_is_ok_or_an_error() {
 fn mutated_rgb_image_is_ok_or_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("img.png");
-    let img = spade_data::RgbImage { width: 16, height: 10, data: (0..16 * 10 * 3).map(|i| (i * 7 % 256) as u8).collect() };
+    let img =
+        spade_data::RgbImage { width: 16, height: 10, data: (0..16 * 10 * 3).map(|i| (i * 7 % 256) as u8).collect() };
     spade_data::pngio::write_rgb_png(&p, &img).unwrap();
     let load = |p: &Path| spade_data::read_image(p).map(|_| ()).map_err(|e| e.to_string());
     check_mutations("img.png", &std::fs::read(&p).unwrap(), CASES, load);

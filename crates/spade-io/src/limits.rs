@@ -77,10 +77,9 @@ impl EntryBudget {
             ));
         }
         let mut buf = Vec::with_capacity(n.min(INFLATE_FLOOR) as usize);
-        let got = entry
-            .take(n)
-            .read_to_end(&mut buf)
-            .map_err(|e| IoError::io(path, format!("read zip entry {name}"), e))? as u64;
+        let got =
+            entry.take(n).read_to_end(&mut buf).map_err(|e| IoError::io(path, format!("read zip entry {name}"), e))?
+                as u64;
         if got < n {
             return Err(IoError::format(
                 path,

@@ -1007,7 +1007,11 @@ impl<R: Read, F: FnMut(Value) -> Result<Value, (String, String)>> Unpickler<R, F
                     _ => self.err("4 arguments for _rebuild_from_type_v2", args.len().to_string()),
                 }
             }
-            _ => Ok(Value::Object { class: format!("{module}.{name}"), args, state: Rc::new(RefCell::new(Items::default())) }),
+            _ => Ok(Value::Object {
+                class: format!("{module}.{name}"),
+                args,
+                state: Rc::new(RefCell::new(Items::default())),
+            }),
         }
     }
 

@@ -423,7 +423,8 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
             Some(d) => d.clone(),
             None => {
                 let want = storage_nbytes(path, &t.storage)? as u64;
-                let d = Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"), Some(want), u64::MAX, &mut limit)?);
+                let d =
+                    Rc::new(read_entry(&mut zip, &format!("{prefix}data/{key}"), Some(want), u64::MAX, &mut limit)?);
                 cache.insert(key.clone(), d.clone());
                 d
             }
@@ -560,16 +561,17 @@ fn load_legacy(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError
                 format!("a record of {count} elements at byte {}", pos - 8),
             ));
         }
-        let nbytes = numel.checked_mul(dtype.size()).filter(|&n| n as u64 <= file_len.saturating_sub(pos)).ok_or_else(|| {
-            IoError::format(
-                path,
-                format!(
-                    "storage {key:?} ({numel} x {dtype:?}) to fit in the {} bytes left after byte {pos}",
-                    file_len.saturating_sub(pos)
-                ),
-                "a declared size larger than the file (truncated or corrupt)",
-            )
-        })?;
+        let nbytes =
+            numel.checked_mul(dtype.size()).filter(|&n| n as u64 <= file_len.saturating_sub(pos)).ok_or_else(|| {
+                IoError::format(
+                    path,
+                    format!(
+                        "storage {key:?} ({numel} x {dtype:?}) to fit in the {} bytes left after byte {pos}",
+                        file_len.saturating_sub(pos)
+                    ),
+                    "a declared size larger than the file (truncated or corrupt)",
+                )
+            })?;
         if needed.contains(key.as_str()) {
             let mut buf = vec![0u8; nbytes];
             reader.read_exact(&mut buf).map_err(|e| {

@@ -129,7 +129,8 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     for i in 0..zip.len() {
         let entry = zip.by_index(i).map_err(|e| err(format!("zip entry {i}: {e}")))?;
         let name = entry.name().to_string();
-        let bytes = budget.read(path, &name, entry, None, u64::MAX).map_err(|e| err(strip_path(&e.to_string(), path)))?;
+        let bytes =
+            budget.read(path, &name, entry, None, u64::MAX).map_err(|e| err(strip_path(&e.to_string(), path)))?;
         let arr = parse_npy(&bytes, &name).map_err(err)?;
         out.push((name.trim_end_matches(".npy").to_string(), arr));
     }

@@ -72,7 +72,13 @@ impl App {
             .find_map(|n| palette.classes.iter().find(|c| c.name == *n))
             .or_else(|| palette.classes.iter().min_by_key(|c| c.id))
             .map_or(0, |c| c.id);
-        Arc::new(App { synth, palette, limits, permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))), default_class })
+        Arc::new(App {
+            synth,
+            palette,
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            default_class,
+        })
     }
 
     pub fn synthesizer(&self) -> &Synthesizer {
@@ -190,7 +196,11 @@ fn check_side(app: &App, w: u32, h: u32, what: &str) -> Result<(), ApiError> {
     if w > cap || h > cap {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the {what} is {w}x{h}; the cap is {cap} pixels a side (the model works at {}x{})", app.synth.size().1, app.synth.size().0),
+            format!(
+                "the {what} is {w}x{h}; the cap is {cap} pixels a side (the model works at {}x{})",
+                app.synth.size().1,
+                app.synth.size().0
+            ),
         ));
     }
     if w == 0 || h == 0 {
@@ -204,7 +214,10 @@ async fn read_parts(app: &App, req: Request) -> Result<(Bytes, Option<Bytes>), A
     let (parts, body) = req.into_parts();
     let cap = app.limits.max_body_bytes;
     let bytes = axum::body::to_bytes(body, cap).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the cap of {cap} bytes (--max-body-bytes)"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the cap of {cap} bytes (--max-body-bytes)"),
+        )
     })?;
     let ctype = content_type(&parts.headers);
     if ctype.starts_with("multipart/form-data") {
@@ -219,17 +232,24 @@ async fn read_parts(app: &App, req: Request) -> Result<(Bytes, Option<Bytes>), A
             match name.as_str() {
                 "label" => label = Some(data),
                 "style" => style = Some(data),
-                other => return Err(ApiError::bad(format!("unknown multipart part {other:?}: expected \"label\" and optionally \"style\""))),
+                other => {
+                    return Err(ApiError::bad(format!(
+                        "unknown multipart part {other:?}: expected \"label\" and optionally \"style\""
+                    )))
+                }
             }
         }
-        let label = label.ok_or_else(|| ApiError::bad("the multipart body has no \"label\" part (the PNG label map)"))?;
+        let label =
+            label.ok_or_else(|| ApiError::bad("the multipart body has no \"label\" part (the PNG label map)"))?;
         Ok((label, style))
     } else if ctype.is_empty() || ctype.starts_with("image/png") || ctype.starts_with("application/octet-stream") {
         Ok((bytes, None))
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {ctype:?}: expected image/png (the label map) or multipart/form-data (label + style)"),
+            format!(
+                "content type {ctype:?}: expected image/png (the label map) or multipart/form-data (label + style)"
+            ),
         ))
     }
 }
@@ -258,7 +278,12 @@ async fn synthesize(State(app): State<Arc<App>>, RawQuery(q): RawQuery, req: Req
             Some(b)
         }
     };
-    let permit = app.permits.clone().acquire_owned().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let permit = app
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
     let app2 = app.clone();
     let out = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -282,9 +307,14 @@ fn synthesize_blocking(app: &App, label: &[u8], style: Option<&[u8]>, seed: u64)
     let ids = app.synth.ids_from_map(map, "the label map").map_err(|e| ApiError::bad(e.to_string()))?;
     let z = match style {
         Some(b) => {
-            let img = image::load_from_memory(b).map_err(|e| ApiError::bad(format!("the style image cannot be decoded: {e}")))?;
+            let img = image::load_from_memory(b)
+                .map_err(|e| ApiError::bad(format!("the style image cannot be decoded: {e}")))?;
             let rgb = img.to_rgb8();
-            ZSource::Style(spade_data::RgbImage { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+            ZSource::Style(spade_data::RgbImage {
+                width: rgb.width() as usize,
+                height: rgb.height() as usize,
+                data: rgb.into_raw(),
+            })
         }
         None => ZSource::Random,
     };

@@ -18,7 +18,8 @@ const H: u32 = 256;
 /// A VAE SPADE generator over the synthetic dataset's 14 classes, with instance edges, and an
 /// encoder: every path of the API.
 fn app(limits: Limits, encoder: bool) -> Arc<App> {
-    let opt = NetOptions { label_nc: 14, ngf: 2, crop_size: W as usize, use_vae: true, z_dim: 256, ..Default::default() };
+    let opt =
+        NetOptions { label_nc: 14, ngf: 2, crop_size: W as usize, use_vae: true, z_dim: 256, ..Default::default() };
     let gs = ParamStore::fresh(7, DType::F32, &Device::Cpu).frozen();
     let g = Generator::new(&opt, &gs.root()).unwrap();
     let e = encoder.then(|| {
@@ -50,7 +51,8 @@ fn gray_png(w: u32, h: u32, f: impl Fn(u32, u32) -> u8) -> Vec<u8> {
 }
 
 fn gray16_png(w: u32, h: u32, f: impl Fn(u32, u32) -> u16) -> Vec<u8> {
-    let img: image::ImageBuffer<image::Luma<u16>, Vec<u16>> = image::ImageBuffer::from_fn(w, h, |x, y| image::Luma([f(x, y)]));
+    let img: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
+        image::ImageBuffer::from_fn(w, h, |x, y| image::Luma([f(x, y)]));
     let mut out = Vec::new();
     img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
     out
@@ -76,7 +78,10 @@ fn decoded(a: &Answer) -> image::RgbImage {
 fn error_of(a: &Answer, status: u16) -> String {
     assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
     assert!(a.header("content-type").unwrap_or("").starts_with("application/json"), "{:?}", a.headers);
-    a.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", String::from_utf8_lossy(&a.body))).to_string()
+    a.json()["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field: {}", String::from_utf8_lossy(&a.body)))
+        .to_string()
 }
 
 #[test]
@@ -85,7 +90,17 @@ fn page_info_and_classes() {
     let page = request(addr, "GET", "/", None, b"").unwrap();
     assert_eq!(page.status, 200);
     let html = String::from_utf8(page.body).unwrap();
-    for id in ["id=\"canvas\"", "id=\"palette\"", "id=\"brush-size\"", "id=\"tool-fill\"", "id=\"tool-eraser\"", "id=\"undo\"", "id=\"clear\"", "id=\"seed\"", "id=\"style\""] {
+    for id in [
+        "id=\"canvas\"",
+        "id=\"palette\"",
+        "id=\"brush-size\"",
+        "id=\"tool-fill\"",
+        "id=\"tool-eraser\"",
+        "id=\"undo\"",
+        "id=\"clear\"",
+        "id=\"seed\"",
+        "id=\"style\"",
+    ] {
         assert!(html.contains(id), "the page has no {id}");
     }
     let info = request(addr, "GET", "/api/info", None, b"").unwrap().json();
@@ -107,7 +122,12 @@ fn gray_ids_rgb_colours_and_16_bit_give_the_same_image_and_seeds_differ() {
     let gray = decoded(&post(addr, "?seed=3", Some("image/png"), &gray_png(W, H, ids)));
     assert_eq!(gray.dimensions(), (W, H));
     let colours = palette::Builtin::Synthetic.palette();
-    let rgb = decoded(&post(addr, "?seed=3", Some("image/png"), &rgb_png(W, H, |x, y| colours.classes[ids(x, y) as usize].color)));
+    let rgb = decoded(&post(
+        addr,
+        "?seed=3",
+        Some("image/png"),
+        &rgb_png(W, H, |x, y| colours.classes[ids(x, y) as usize].color),
+    ));
     assert_eq!(gray, rgb, "an RGB label map in the palette's colours is the same input as its ids");
     let g16 = decoded(&post(addr, "?seed=3", None, &gray16_png(W, H, |x, y| ids(x, y) as u16)));
     assert_eq!(gray, g16);
@@ -118,7 +138,8 @@ fn gray_ids_rgb_colours_and_16_bit_give_the_same_image_and_seeds_differ() {
     assert_eq!(gray, again, "the same seed gives the same image");
     let other = decoded(&post(addr, "?seed=4", Some("image/png"), &gray_png(W, H, ids)));
     assert_ne!(gray, other, "another seed gives another z, so another image");
-    let classes = decoded(&post(addr, "?seed=3", Some("image/png"), &gray_png(W, H, |x, _y| if x < W / 2 { 8 } else { 3 })));
+    let classes =
+        decoded(&post(addr, "?seed=3", Some("image/png"), &gray_png(W, H, |x, _y| if x < W / 2 { 8 } else { 3 })));
     assert_ne!(gray, classes, "another class in a region gives another image");
 }
 
@@ -164,9 +185,20 @@ fn bad_requests_get_4xx_json_and_the_server_stays_up() {
     truncated.truncate(40);
     let e = error_of(&post(addr, "", Some("image/png"), &truncated), 400);
     assert!(e.contains("label map"), "{e}");
-    let e = error_of(&post(addr, "", Some("image/png"), &rgb_png(W, H, |x, y| if (x, y) == (5, 9) { [1, 2, 3] } else { [110, 170, 240] })), 400);
+    let e = error_of(
+        &post(
+            addr,
+            "",
+            Some("image/png"),
+            &rgb_png(W, H, |x, y| if (x, y) == (5, 9) { [1, 2, 3] } else { [110, 170, 240] }),
+        ),
+        400,
+    );
     assert!(e.contains("[1, 2, 3]") && e.contains("(x=5, y=9)") && e.contains("palette"), "{e}");
-    let e = error_of(&post(addr, "", Some("image/png"), &gray_png(W, H, |x, y| if (x, y) == (7, 1) { 15 } else { 0 })), 400);
+    let e = error_of(
+        &post(addr, "", Some("image/png"), &gray_png(W, H, |x, y| if (x, y) == (7, 1) { 15 } else { 0 })),
+        400,
+    );
     assert!(e.contains("label value 15 at (x=7, y=1)") && e.contains("0..=13"), "{e}");
     let e = error_of(&post(addr, "", Some("image/png"), &gray16_png(W, H, |_, _| 4000)), 400);
     assert!(e.contains("label value 4000"), "{e}");

@@ -101,7 +101,8 @@ impl ResultsPage {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join("index.html");
         let tmp = dir.join(".index.html.tmp");
-        let err = |e: std::io::Error| Error::File { path: path.clone(), detail: format!("writing the results page: {e}") };
+        let err =
+            |e: std::io::Error| Error::File { path: path.clone(), detail: format!("writing the results page: {e}") };
         std::fs::write(&tmp, self.to_html()).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)
     }

@@ -159,7 +159,8 @@ mod tests {
 
     #[test]
     fn builtin_palettes_load_with_unique_ids_and_colours() {
-        let want = [(Builtin::CocoStuff, 182), (Builtin::Ade20k, 150), (Builtin::Cityscapes, 35), (Builtin::Synthetic, 14)];
+        let want =
+            [(Builtin::CocoStuff, 182), (Builtin::Ade20k, 150), (Builtin::Cityscapes, 35), (Builtin::Synthetic, 14)];
         let dir = tempfile::tempdir().unwrap();
         for (b, n) in want {
             // Through spade-data's loader, which rejects repeated ids and colours.

@@ -157,7 +157,9 @@ impl Synthesizer {
                     }
                     ZSource::Style(img) => {
                         let e = self.encoder.as_ref().ok_or_else(|| {
-                            Error::BadInput("a style image needs the checkpoint's encoder (net_E), and it has none".into())
+                            Error::BadInput(
+                                "a style image needs the checkpoint's encoder (net_E), and it has none".into(),
+                            )
                         })?;
                         let (mu, logvar) = e.forward_t(&self.style_tensor(img)?, false)?;
                         let eps = self.randn(mu.dim(1)?, rng)?;

@@ -154,7 +154,8 @@ pub fn resolve_latest(run: &Path) -> Option<Latest> {
         }
         Err(_) => format!("{} is missing", pointer.display()),
     };
-    let newest = checkpoint_names(run).into_iter().rev().map(|n| run.join("checkpoints").join(n)).find(|d| is_complete(d))?;
+    let newest =
+        checkpoint_names(run).into_iter().rev().map(|n| run.join("checkpoints").join(n)).find(|d| is_complete(d))?;
     let note = format!("{why}; using the newest complete checkpoint {}", newest.display());
     Some(Latest { dir: newest, fallback: Some(note) })
 }

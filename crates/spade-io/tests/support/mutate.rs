@@ -73,13 +73,30 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 #[derive(Debug, Clone)]
 pub enum Mutation {
-    Flip { at: usize, bit: u8 },
-    Set { at: usize, byte: u8 },
+    Flip {
+        at: usize,
+        bit: u8,
+    },
+    Set {
+        at: usize,
+        byte: u8,
+    },
     /// Overwrites 8 bytes with an extreme little-endian value.
-    Word { at: usize, value: u64 },
-    Truncate { at: usize },
-    Insert { at: usize, bytes: Vec<u8> },
-    Delete { at: usize, len: usize },
+    Word {
+        at: usize,
+        value: u64,
+    },
+    Truncate {
+        at: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
 }
 
 pub fn mutation() -> impl Strategy<Value = Mutation> {
@@ -97,7 +114,8 @@ pub fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Set { at, byte }),
         (any::<usize>(), extreme).prop_map(|(at, value)| Mutation::Word { at, value }),
         any::<usize>().prop_map(|at| Mutation::Truncate { at }),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
         (any::<usize>(), 1usize..64).prop_map(|(at, len)| Mutation::Delete { at, len }),
     ]
 }
@@ -162,4 +180,3 @@ pub fn check_mutations(name: &str, valid: &[u8], cases: u32, load: impl Fn(&Path
     // The mutations do reach the parsers' error paths.
     assert!(errors.get() > 0, "no mutation of {name} was refused");
 }
-
