@@ -144,14 +144,16 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
-/// `spade train` for one iteration of a tiny VAE model on the synthetic dataset.
+/// `spade train` for one iteration of a tiny VAE model on the synthetic dataset. The reference
+/// ConvEncoder needs 256x256 inputs and z_dim 256. With the default init (variance 0.02) an
+/// untrained generator's output is flat grey, and class changes would not show in the PNG.
 fn train_tiny(dir: &Path) -> PathBuf {
     let cfg = dir.join("tiny.yaml");
     std::fs::write(
         &cfg,
-        "data: {dataset_mode: synthetic, load_size: 64, crop_size: 64, synthetic_count: 4}\n\
-         model: {ngf: 4, ndf: 4, n_layers_D: 2, use_vae: true, z_dim: 16}\nloss: {no_vgg_loss: true}\n\
-         train: {batch_size: 2, niter: 1, max_iters: 1, seed: 0}\n",
+        "data: {dataset_mode: synthetic, load_size: 256, crop_size: 256, synthetic_count: 2}\n\
+         model: {ngf: 4, ndf: 4, n_layers_D: 2, use_vae: true, z_dim: 256, init_variance: 1.0}\nloss: {no_vgg_loss: true}\n\
+         train: {batch_size: 1, niter: 1, max_iters: 1, seed: 0}\n",
     )
     .unwrap();
     let run = dir.join("run");
@@ -250,7 +252,7 @@ fn paint_two_regions_and_see_images_change() {
     let classes = cdp.eval("spade.classes.map(c => c.name)");
     assert_eq!(classes.as_array().unwrap().len(), 14, "{classes}");
     assert_eq!(cdp.eval("document.querySelectorAll('#palette .cls').length"), json!(14));
-    assert_eq!(cdp.eval("[canvas.width, canvas.height]"), json!([64, 64]));
+    assert_eq!(cdp.eval("[canvas.width, canvas.height]"), json!([256, 256]));
     assert_eq!(
         cdp.eval("getComputedStyle(document.getElementById('style-row')).display"),
         json!("flex"),
@@ -267,7 +269,7 @@ fn paint_two_regions_and_see_images_change() {
         ok.as_u64().unwrap()
     };
     let grass = pick(&mut cdp, "grass");
-    cdp.eval("(() => { const s = document.getElementById('brush-size'); s.value = 20; s.dispatchEvent(new Event('input')); return true; })()");
+    cdp.eval("(() => { const s = document.getElementById('brush-size'); s.value = 60; s.dispatchEvent(new Event('input')); return true; })()");
     let before = cdp.generated();
     cdp.stroke(&canvas, &[(0.05, 0.75), (0.3, 0.78), (0.6, 0.72), (0.95, 0.76)]);
     let water = pick(&mut cdp, "water");
@@ -291,7 +293,7 @@ fn paint_two_regions_and_see_images_change() {
     let sand = pick(&mut cdp, "sand");
     cdp.eval("document.getElementById('tool-fill').click(); true");
     let before = cdp.generated();
-    cdp.stroke(&canvas, &[(0.7, 0.27)]);
+    cdp.stroke(&canvas, &[(0.8, 0.25)]); // a point of the water stroke
     let refilled = cdp.next_image(before);
     let present = cdp.eval("[...new Set(spade.ids)]");
     let present: Vec<u64> = present.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
