@@ -20,6 +20,8 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 // SAFETY: every method forwards to the system allocator with the caller's arguments unchanged
 // and only updates counters; the GlobalAlloc contract is the system allocator's.
 unsafe impl GlobalAlloc for Counting {
+    /// # Safety
+    /// [`GlobalAlloc::alloc`]'s contract, which the system allocator's call below relies on.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is (layout has non-zero size per the caller's contract).
         let p = unsafe { System.alloc(layout) };
@@ -29,11 +31,15 @@ unsafe impl GlobalAlloc for Counting {
         }
         p
     }
+    /// # Safety
+    /// [`GlobalAlloc::dealloc`]'s contract, which the system allocator's call below relies on.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: ptr was allocated by this allocator (so by System) with this layout.
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
+    /// # Safety
+    /// [`GlobalAlloc::realloc`]'s contract, which the system allocator's call below relies on.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: ptr/layout come from this allocator; new_size is the caller's.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
