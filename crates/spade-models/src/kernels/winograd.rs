@@ -231,6 +231,9 @@ fn at(m: [__m512; 4]) -> [__m512; 2] {
     [_mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]), _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3])]
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 /// One block of tiles `[t0, t1)` (at most `NR`): input transform into `v` (`16 x cin x NR`),
 /// the 16 products into `m` (`16 x mpad x NR`), output transform into `out`.
 ///
@@ -238,9 +241,6 @@ fn at(m: [__m512; 4]) -> [__m512; 2] {
 /// The CPU must support AVX-512F (and AVX2 and FMA where enabled): callers check `avx512::available()` / `wide_available()` first. `xp`, `u`, `v` and `m` hold at least the sizes `g` gives them (padded input,
 /// transformed weights, `16 x cin x NR`, `16 x mpad x NR`); `out` is valid for writes of every
 /// output pixel of tiles `[t0, t1)`, which no other thread writes; `epi`'s bias has `g.cout` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     g: &Tiles,
     xp: &[f32],
