@@ -27,9 +27,10 @@ impl EntryBudget {
     }
 
     /// Reads the entry `name` of the file `path`: `want` bytes (an error when the entry holds
-    /// fewer), or, with `want` None, the whole entry, which may declare at most `cap` bytes. Nothing is allocated from a declared size
-    /// before it was checked against the bytes the file has (stored entries) or the inflate
-    /// budget (compressed entries).
+    /// fewer), or, with `want` None, the whole entry, which may declare at most `cap` bytes.
+    /// Nothing is allocated from a declared size before it was checked against the bytes the
+    /// file has (stored entries) or the inflate budget (compressed entries), and a compressed
+    /// entry reserves at most [`INFLATE_RATIO`] times the file's size up front.
     pub fn read<R: Read>(
         &mut self,
         path: &Path,
@@ -76,7 +77,10 @@ impl EntryBudget {
                 format!("entry {name} declaring {n} bytes ({} compressed)", entry.compressed_size()),
             ));
         }
-        let mut buf = Vec::with_capacity(n.min(INFLATE_FLOOR) as usize);
+        // Reserve no more than the file could hold at the usual ratio: a compressed entry that
+        // declares a large size but inflates to little costs only what it inflates to.
+        let reserve = if stored { n } else { n.min(self.file_len.saturating_mul(INFLATE_RATIO)) };
+        let mut buf = Vec::with_capacity(reserve.min(INFLATE_FLOOR) as usize);
         let got =
             entry.take(n).read_to_end(&mut buf).map_err(|e| IoError::io(path, format!("read zip entry {name}"), e))?
                 as u64;

@@ -47,3 +47,30 @@ fn mutated_deflated_npz_is_ok_or_an_error() {
     zip.finish().unwrap();
     check_mutations("stats_c.npz", &std::fs::read(&p).unwrap(), CASES, load);
 }
+
+/// Found by the property above: a deflated entry whose declared size was overwritten (8 MB,
+/// inside the inflate budget) must not reserve that size before anything inflates.
+#[test]
+fn deflated_entry_declaring_megabytes_reserves_little() {
+    use std::io::Write;
+    let _serial = mutate::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stats_c.npz");
+    let s = stats(6);
+    let f = std::fs::File::create(&p).unwrap();
+    let mut zip = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    zip.start_file("mu.npy", opts).unwrap();
+    zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6], &s.mu)).unwrap();
+    zip.start_file("sigma.npy", opts).unwrap();
+    zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6, 6], &s.sigma)).unwrap();
+    zip.finish().unwrap();
+    let valid = std::fs::read(&p).unwrap();
+    assert_eq!(valid.len(), 418, "the archive layout this case was found on changed");
+    let b = mutate::apply(&valid, &[mutate::Mutation::Word { at: 308, value: i64::MAX as u64 }]);
+    std::fs::write(&p, &b).unwrap();
+    let (r, peak) = mutate::peak_of(|| load(&p));
+    let e = r.unwrap_err();
+    assert!(e.starts_with(&p.display().to_string()), "{e}");
+    assert!(peak < 1 << 20, "peak {peak} bytes for a {}-byte file", b.len());
+}
