@@ -248,7 +248,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         if !args.json {
             println!("{key}: {secs:.3} s");
-            for (name, t, calls) in spade_models::kernels::profile::take() {
+            for (name, t, calls) in spade_kernels::profile::take() {
                 println!(
                     "    {name}: {:.3} s per iteration ({} calls)",
                     t / (args.iters + 1) as f64,
@@ -266,8 +266,10 @@ pub fn run(args: Args) -> Result<()> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
     out.insert("rayon_num_threads".into(), threads.clone().into());
     out.insert("device".into(), format!("{dev:?}").into());
-    out.insert("avx512_gemm".into(), spade_models::kernels::gemm::use_avx512().into());
-    out.insert("fast_kernels".into(), std::env::var("SPADE_STOCK_OPS").map_or(true, |v| v != "1").into());
+    out.insert("avx512_gemm".into(), spade_kernels::gemm::use_avx512().into());
+    let kernels = spade_kernels::options();
+    out.insert("fast_kernels".into(), kernels.enabled.into());
+    out.insert("winograd".into(), kernels.winograd.into());
     if args.json {
         println!("{}", serde_json::Value::Object(out));
     } else {

@@ -34,7 +34,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The kernel paths: process-wide, so chosen here, from the environment (SPADE_STOCK_OPS,
+    // SPADE_WINOGRAD, SPADE_GEMM, SPADE_PROFILE), and the allocator tuned for them.
+    spade_kernels::set_options(
+        spade_kernels::KernelOptions::from_vars(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?,
+    );
+    spade_kernels::tune_allocator();
+    match cli.command {
         Command::Reproduce(a) | Command::Ablation(a) => reproduce::run(a),
         Command::Report(a) => report::run(a),
         Command::Bench(a) => bench::run(a),

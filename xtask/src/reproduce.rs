@@ -279,9 +279,10 @@ pub fn run_dir_for_in(
 }
 
 /// The source trees whose code produces a run's numbers.
-const RESULT_SOURCES: [&str; 6] = [
+const RESULT_SOURCES: [&str; 7] = [
     "crates/spade-io",
     "crates/spade-data",
+    "crates/spade-kernels",
     "crates/spade-models",
     "crates/spade-metrics",
     "crates/spade-train",

@@ -45,6 +45,12 @@ fn apply_limits() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     apply_limits()?;
+    // The kernel paths: process-wide, so chosen here, from the environment (SPADE_STOCK_OPS,
+    // SPADE_WINOGRAD, SPADE_GEMM, SPADE_PROFILE), and the allocator tuned for them.
+    spade_kernels::set_options(
+        spade_kernels::KernelOptions::from_vars(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?,
+    );
+    spade_kernels::tune_allocator();
     match cli.command {
         Command::Synthesize(args) => synthesize::run(args),
         Command::Train(args) => train::run(args),

@@ -2,7 +2,6 @@
 //! PyTorch state_dict keys so that its checkpoints load without renaming.
 pub mod checkpoint;
 pub mod error;
-pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod networks;

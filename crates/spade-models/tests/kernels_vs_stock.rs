@@ -2,7 +2,7 @@
 //! outputs and every parameter gradient agree. (Its own test binary: it switches the kernels
 //! off process-wide for the stock runs.)
 use candle_core::{DType, Device, Tensor};
-use spade_models::kernels;
+use spade_kernels::{self as kernels, KernelOptions};
 use spade_models::{MultiscaleDiscriminator, NetOptions, ParamStore, SpadeGenerator};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
@@ -22,7 +22,7 @@ fn compare(what: &str, f: impl Fn(&ParamStore) -> Tensor) {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let run = |fast: bool| {
-        kernels::set_enabled(fast);
+        kernels::set_options(KernelOptions { enabled: fast, ..KernelOptions::default() });
         let store = ParamStore::fresh(0, DType::F32, &Device::Cpu);
         let loss = f(&store);
         let grads = loss.backward().unwrap();
@@ -32,7 +32,7 @@ fn compare(what: &str, f: impl Fn(&ParamStore) -> Tensor) {
     };
     let (lf, gf) = run(true);
     let (ls, gs) = run(false);
-    kernels::set_enabled(true);
+    kernels::set_options(KernelOptions::default());
     assert!((lf - ls).abs() <= 1e-4 * ls.abs().max(1.0), "{what}: loss {lf} vs stock {ls}");
     // A bias in front of a training-mode batch norm has a true gradient of 0: both paths hold
     // float noise there. Each tensor is compared relative to its own largest gradient, but never

@@ -4,7 +4,7 @@ use candle_core::{
     backprop::GradStore, CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, TensorId, Var,
 };
 use rayon::prelude::*;
-use spade_models::kernels::{f32_slice, f32_slice_mut};
+use spade_kernels::{f32_slice, f32_slice_mut};
 use std::collections::HashMap;
 
 /// The gradients of a set of parameters, detached. candle's [`GradStore`] also keeps the

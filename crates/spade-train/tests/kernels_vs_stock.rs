@@ -1,11 +1,12 @@
 //! One training iteration (G step, D step) with the fast kernels against the same iteration on
 //! stock candle ops: losses and every gradient agree.
 use candle_core::{DType, Device, Tensor};
-use spade_models::{kernels, NetOptions, SemanticsSpec};
+use spade_kernels::{self as kernels, KernelOptions};
+use spade_models::{NetOptions, SemanticsSpec};
 use spade_train::trainer::{LossOptions, Nets, OptimOptions, Trainer};
 
 fn run(fast: bool, opt: &NetOptions) -> (Vec<(String, f64)>, Trainer) {
-    kernels::set_enabled(fast);
+    kernels::set_options(KernelOptions { enabled: fast, ..KernelOptions::default() });
     let dev = Device::Cpu;
     let nets = Nets::fresh(opt, 0, &dev).unwrap();
     // lr 0: Adam's first step turns float noise in near-zero gradients into full steps of
@@ -34,7 +35,7 @@ fn training_iteration_matches_stock_ops() {
     let opt = NetOptions { label_nc: 6, ngf: 4, ndf: 8, crop_size: 64, ..Default::default() };
     let (lf, tf) = run(true, &opt);
     let (ls, ts) = run(false, &opt);
-    kernels::set_enabled(true);
+    kernels::set_options(KernelOptions::default());
     for ((name, a), (_, b)) in lf.iter().zip(&ls) {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "loss {name}: {a} vs stock {b}");
     }

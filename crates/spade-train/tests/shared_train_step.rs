@@ -45,11 +45,11 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 fn one_iteration_matches_the_reference_trainer() {
     check(false);
     check(true);
-    spade_models::kernels::set_enabled(true);
+    spade_kernels::set_options(spade_kernels::KernelOptions::default());
 }
 
 fn check(fast: bool) {
-    spade_models::kernels::set_enabled(fast);
+    spade_kernels::set_options(spade_kernels::KernelOptions { enabled: fast, ..Default::default() });
     println!("== {} ==", if fast { "fast kernels" } else { "stock candle ops" });
     let grad_tol = if fast { 1e-2 } else { 1e-3 };
     let d = dir();

@@ -3,10 +3,10 @@
 use super::norm::Norm;
 use super::spectral::SpectralNorm;
 use crate::error::Result;
-use crate::kernels;
 use crate::options::{ConvNorm, NormType};
 use crate::store::{Init, Vb};
 use candle_core::Tensor;
+use spade_kernels as kernels;
 
 #[derive(Debug, Clone)]
 enum Weight {

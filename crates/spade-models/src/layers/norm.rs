@@ -1,11 +1,11 @@
 //! Normalisation layers: batch norm (affine or param-free, training and running statistics)
 //! and instance norm.
 use crate::error::Result;
-use crate::kernels::norm::{norm_modulate_act, norm_modulate_act_stacked, NormStats};
-use crate::kernels::pointwise::leaky_relu;
 use crate::options::NormType;
 use crate::store::{Init, Vb};
 use candle_core::{DType, Tensor, Var};
+use spade_kernels::norm::{norm_modulate_act, norm_modulate_act_stacked, NormStats};
+use spade_kernels::pointwise::leaky_relu;
 
 pub const EPS: f64 = 1e-5;
 pub const MOMENTUM: f64 = 0.1;

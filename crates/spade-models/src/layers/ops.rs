@@ -30,7 +30,7 @@ pub fn resize_nearest(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 /// Nearest-neighbour x2 upsampling (`nn.Upsample(scale_factor=2)`), as a broadcast so that
 /// its backward is a cheap sum.
 pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
-    crate::kernels::pointwise::upsample2x(x)
+    spade_kernels::pointwise::upsample2x(x)
 }
 
 /// Indices of reflection padding by `pad` on both sides of a length-`len` axis.
@@ -126,21 +126,7 @@ pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 
 /// LeakyReLU with the given slope.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
-    crate::kernels::pointwise::leaky_relu(x, slope)
+    spade_kernels::pointwise::leaky_relu(x, slope)
 }
 
-/// Mean over (N, H, W) or (H, W) and the biased variance, keeping dims.
-pub fn mean_var(x: &Tensor, dims: &[usize]) -> Result<(Tensor, Tensor)> {
-    let count: usize = dims.iter().map(|&d| x.dims()[d]).product();
-    let mut s = x.clone();
-    for &d in dims {
-        s = s.sum_keepdim(d)?;
-    }
-    let mean = (s / count as f64)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let mut v = centered.sqr()?;
-    for &d in dims {
-        v = v.sum_keepdim(d)?;
-    }
-    Ok((mean, (v / count as f64)?))
-}
+pub use spade_kernels::norm::mean_var;

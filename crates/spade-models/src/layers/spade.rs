@@ -39,7 +39,7 @@ impl Spade {
         let (_, _, h, w) = x.dims4()?;
         let seg = resize_nearest(seg, h, w)?;
         let actv = self.mlp_shared.forward_sparse_input(&seg, train, 0.0)?;
-        if crate::kernels::applies(&actv) {
+        if spade_kernels::applies(&actv) {
             // One convolution for gamma and beta, read in place by the fused norm.
             let gamma_beta = Conv2d::forward_stacked(&self.mlp_gamma, &self.mlp_beta, &actv, train)?;
             return self.param_free_norm.modulate_act_stacked(x, &gamma_beta, slope, train);

@@ -37,10 +37,10 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// Whether the AVX-512 kernel runs (detected once; `SPADE_GEMM=crate` picks the `gemm` crate).
+/// Whether the AVX-512 kernel runs: the CPU has AVX-512F and [`KernelOptions::gemm`]
+/// (`crate::KernelOptions`) does not ask for the `gemm` crate's.
 pub fn use_avx512() -> bool {
-    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *USE.get_or_init(|| super::avx512::available() && std::env::var("SPADE_GEMM").map_or(true, |v| v != "crate"))
+    super::options().gemm == super::GemmKernel::Auto && super::avx512::available()
 }
 
 /// `dst = a * b` (or `dst += a * b` when `accumulate`), `dst` row-major (a.rows x b.cols) with

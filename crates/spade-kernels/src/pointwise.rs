@@ -14,7 +14,7 @@ impl CustomOp1 for LeakyRelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "leaky_relu")?;
         let slope = self.0;
-        let mut y = super::uninit_vec(x.len());
+        let mut y = super::output_vec(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
             super::wide(|| {
                 for (y, &x) in y.iter_mut().zip(x) {
@@ -40,7 +40,7 @@ impl CustomOp2 for LeakyReluGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, dy) = (f32_slice(s1, l1, "leaky_relu backward")?, f32_slice(s2, l2, "leaky_relu backward")?);
         let slope = self.0;
-        let mut dx = super::uninit_vec(y.len());
+        let mut dx = super::output_vec(y.len());
         dx.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (y, dy))| {
             super::wide(|| {
                 for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
@@ -75,7 +75,7 @@ impl CustomOp2 for BiasAct {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, b) = (f32_slice(s1, l1, "bias")?, f32_slice(s2, l2, "bias")?);
         let (c, p, slope) = (self.channels, self.plane, self.slope);
-        let mut out = super::uninit_vec(y.len());
+        let mut out = super::output_vec(y.len());
         out.par_chunks_mut(p).zip(y.par_chunks(p)).enumerate().for_each(|(pl, (o, y))| {
             super::wide(|| {
                 let b = b[pl % c];
@@ -175,7 +175,7 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "upsample2x")?;
         let (h, w) = (self.h, self.w);
-        let mut y = super::uninit_vec(x.len() * 4);
+        let mut y = super::output_vec(x.len() * 4);
         y.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
             super::wide(|| {
                 for i in 0..h {
@@ -210,7 +210,7 @@ impl CustomOp1 for Upsample2xGrad {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dy = f32_slice(s, l, "upsample2x backward")?;
         let (h, w) = (self.h, self.w);
-        let mut dx = super::uninit_vec(dy.len() / 4);
+        let mut dx = super::output_vec(dy.len() / 4);
         dx.par_chunks_mut(h * w).zip(dy.par_chunks(4 * h * w)).for_each(|(xp, yp)| {
             super::wide(|| {
                 for i in 0..h {

@@ -4,52 +4,140 @@
 //! convolution backward goes through a direct transposed convolution, and every norm,
 //! modulation and activation is a chain of small element-wise ops, each allocating. The ops
 //! here do the same arithmetic in fewer, larger steps:
-//! - [`conv::conv2d`] / [`conv::conv_transpose2d`]: im2col + one matrix product per sample for
-//!   the forward, the input gradient and the weight gradient (col2im for the input gradient);
+//! - [`conv::conv2d`] / [`conv::conv_transpose2d`]: batched matrix products (the samples of a
+//!   batch side by side) for the forward, the input gradient and the weight gradient, with
+//!   Winograd F(4x4, 3x3) for 3x3 convolutions on large maps (AVX-512 only) and
+//!   the bias and LeakyReLU fused into the product's epilogue;
 //! - [`norm`]: batch / instance normalisation fused with SPADE's modulation
 //!   `x̂ * (1 + gamma) + beta` and the LeakyReLU that follows it, with their backward;
-//! - [`pointwise`]: LeakyReLU;
-//! - [`sparse`]: SPADE's first convolution of the one-hot semantic map as gathers.
+//! - [`pointwise`]: LeakyReLU and nearest 2x upsampling;
+//! - [`sparse`]: SPADE's first convolution of the one-hot semantic map as gathers;
+//! - [`gemm::sgemm`]: the matrix product, our AVX-512 micro-kernel where the CPU has it, the
+//!   `gemm` crate's otherwise.
 //!
 //! Every op falls back to the composed candle ops on other devices and dtypes (CUDA keeps
-//! candle's cuDNN path), and [`set_enabled`] switches the fast path off process-wide, which the
-//! tests use to compare both paths.
-use std::sync::atomic::{AtomicBool, Ordering};
+//! candle's cuDNN path). Which paths run is a [`KernelOptions`], set by the binaries
+//! ([`set_options`]); the library reads no environment variable.
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
-pub mod avx512;
+pub(crate) mod avx512;
 pub mod conv;
 pub mod gemm;
 pub mod norm;
 pub mod pointwise;
 pub mod sparse;
-pub mod winograd;
+pub(crate) mod winograd;
+
+/// The matrix-product kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmKernel {
+    /// Our AVX-512 kernel where the CPU has it, the `gemm` crate's otherwise.
+    #[default]
+    Auto,
+    /// Always the `gemm` crate's (to compare with ours).
+    Crate,
+}
+
+/// Which kernel paths run. One value per process, set with [`set_options`] by a binary (or a
+/// test that compares paths); [`KernelOptions::default`] until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelOptions {
+    /// The fast kernels (false: every op runs as composed stock candle ops).
+    pub enabled: bool,
+    /// Winograd F(4x4, 3x3) for the 3x3 convolutions where it pays (only on AVX-512 CPUs).
+    pub winograd: bool,
+    /// The matrix-product kernel.
+    pub gemm: GemmKernel,
+    /// Time each kernel ([`profile`]): 0 off, 1 per kernel, 2 per kernel and shape.
+    pub profile: u8,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        KernelOptions { enabled: true, winograd: true, gemm: GemmKernel::Auto, profile: 0 }
+    }
+}
+
+impl KernelOptions {
+    /// The environment variables the binaries honour, with their meaning (for help texts).
+    pub const VARIABLES: [(&'static str, &'static str); 4] = [
+        ("SPADE_STOCK_OPS", "1: stock candle ops instead of the fast kernels"),
+        ("SPADE_WINOGRAD", "0: no Winograd 3x3 convolutions"),
+        ("SPADE_GEMM", "crate: the gemm crate's matrix product instead of the AVX-512 kernel"),
+        ("SPADE_PROFILE", "1: time each kernel; 2: each kernel and shape"),
+    ];
+
+    /// The options that the variables of [`Self::VARIABLES`] ask for, `get` giving each
+    /// variable's value (a binary passes `std::env::var`); unset variables keep the default.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut o = KernelOptions::default();
+        let bad = |name: &str, v: &str, expected: &str| format!("{name}={v:?}: expected {expected}");
+        if let Some(v) = get("SPADE_STOCK_OPS") {
+            o.enabled = match v.as_str() {
+                "1" => false,
+                "0" | "" => true,
+                _ => return Err(bad("SPADE_STOCK_OPS", &v, "0 or 1")),
+            };
+        }
+        if let Some(v) = get("SPADE_WINOGRAD") {
+            o.winograd = match v.as_str() {
+                "0" => false,
+                "1" | "" => true,
+                _ => return Err(bad("SPADE_WINOGRAD", &v, "0 or 1")),
+            };
+        }
+        if let Some(v) = get("SPADE_GEMM") {
+            o.gemm = match v.as_str() {
+                "crate" => GemmKernel::Crate,
+                "auto" | "" => GemmKernel::Auto,
+                _ => return Err(bad("SPADE_GEMM", &v, "auto or crate")),
+            };
+        }
+        if let Some(v) = get("SPADE_PROFILE") {
+            o.profile = match v.as_str() {
+                "" => 0,
+                _ => v.parse().ok().filter(|l| *l <= 2).ok_or_else(|| bad("SPADE_PROFILE", &v, "0, 1 or 2"))?,
+            };
+        }
+        Ok(o)
+    }
+}
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
+static WINOGRAD: AtomicBool = AtomicBool::new(true);
+static GEMM_CRATE: AtomicBool = AtomicBool::new(false);
+static PROFILE: AtomicU8 = AtomicU8::new(0);
 
-/// Turn the fast kernels on or off for the whole process (on by default; `SPADE_STOCK_OPS=1`
-/// in the environment starts with them off).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::SeqCst);
+/// Sets the kernel paths for the whole process.
+pub fn set_options(o: KernelOptions) {
+    ENABLED.store(o.enabled, Ordering::SeqCst);
+    WINOGRAD.store(o.winograd, Ordering::SeqCst);
+    GEMM_CRATE.store(o.gemm == GemmKernel::Crate, Ordering::SeqCst);
+    PROFILE.store(o.profile, Ordering::SeqCst);
+}
+
+/// The kernel paths in effect.
+pub fn options() -> KernelOptions {
+    KernelOptions {
+        enabled: ENABLED.load(Ordering::Relaxed),
+        winograd: WINOGRAD.load(Ordering::Relaxed),
+        gemm: if GEMM_CRATE.load(Ordering::Relaxed) { GemmKernel::Crate } else { GemmKernel::Auto },
+        profile: PROFILE.load(Ordering::Relaxed),
+    }
 }
 
 /// Whether the fast path may be used for `t` (CPU, f32, kernels enabled).
 pub fn applies(t: &candle_core::Tensor) -> bool {
-    static ENV: std::sync::Once = std::sync::Once::new();
-    ENV.call_once(|| {
-        if std::env::var("SPADE_STOCK_OPS").is_ok_and(|v| v == "1") {
-            set_enabled(false);
-        }
-        keep_freed_memory();
-    });
-    ENABLED.load(Ordering::SeqCst) && t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+    ENABLED.load(Ordering::Relaxed) && t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
-/// Every op allocates its output, and glibc serves large blocks with fresh `mmap`s whose pages
-/// fault in (zeroed by the kernel) on first touch: a sixth of a training iteration went there.
+/// Tunes glibc's allocator for these kernels, for the whole process: a binary calls it once at
+/// the start of `main` (a library never does). Every op allocates its output, and glibc serves
+/// large blocks with fresh `mmap`s whose pages fault in (zeroed by the kernel) on first touch.
 /// Serving every block from the heap (no mmap at all: the threshold's maximum, 32 MB, is below
 /// a 128-channel 128x128 activation of a batch of 4) and never trimming it lets freed blocks be
-/// reused instead (about 5% of a mini training iteration, for 5% more peak memory).
-fn keep_freed_memory() {
+/// reused instead, for somewhat more peak memory. Does nothing on other platforms.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning parameters; the values are in range.
     unsafe {
@@ -119,15 +207,11 @@ pub(crate) fn with_scratch<R>(
     })
 }
 
-/// A vector whose every element the caller overwrites before reading: skips the zeroing pass
-/// (and, for fresh pages, the faults it would take) of `vec![0.0; len]`.
-#[allow(clippy::uninit_vec)]
-pub(crate) fn uninit_vec(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns; every caller writes all `len` elements before
-    // the vector is read.
-    unsafe { v.set_len(len) };
-    v
+/// An output buffer of `len` zeros. (Once a vector of uninitialised memory behind `set_len`,
+/// which is unsound whatever the element type: zeroing costs no measurable time, since the
+/// allocator reuses freed blocks, see [`tune_allocator`].)
+pub(crate) fn output_vec(len: usize) -> Vec<f32> {
+    vec![0.0; len]
 }
 
 /// The f32 slice behind a contiguous CPU storage (for `CustomOp`s and in-place ops).
@@ -165,7 +249,8 @@ pub fn f32_slice_mut<'a>(
 #[cfg(test)]
 mod tests;
 
-/// Time spent in each kernel, collected when `SPADE_PROFILE=1` (for `cargo xtask bench`).
+/// Time spent in each kernel, collected when [`KernelOptions::profile`] is 1 or 2 (for `cargo
+/// xtask bench`).
 pub mod profile {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -174,15 +259,14 @@ pub mod profile {
     static TABLE: Mutex<BTreeMap<&'static str, (f64, u64)>> = Mutex::new(BTreeMap::new());
 
     fn level() -> u8 {
-        static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-        *LEVEL.get_or_init(|| std::env::var("SPADE_PROFILE").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
+        super::PROFILE.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn on() -> bool {
         level() >= 1
     }
 
-    /// With `SPADE_PROFILE=2`, `name` followed by the detail `what()` (e.g. a geometry), so
+    /// At profile level 2, `name` followed by the detail `what()` (e.g. a geometry), so
     /// that the table breaks a kernel down by shape; otherwise `name`.
     pub fn detailed(name: &'static str, what: impl FnOnce() -> String) -> &'static str {
         if level() < 2 {

@@ -488,7 +488,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-use super::uninit_vec as output_vec;
+use super::output_vec;
 
 /// `y (n x cout x ho x wo) = conv(x, w)`.
 /// The one-hot path's geometry and this sample's nonzeros, where it applies.

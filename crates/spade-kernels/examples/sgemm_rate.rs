@@ -1,8 +1,13 @@
-//! GFLOP/s of the matrix product the kernels use, at the shapes that dominate a SPADE block.
-use spade_models::kernels::gemm::{sgemm, MatRef};
+//! GFLOP/s of the matrix product the kernels use, at the shapes that dominate a SPADE block
+//! (`SPADE_GEMM=crate` measures the `gemm` crate's instead of the AVX-512 kernel).
+use spade_kernels::gemm::{sgemm, use_avx512, MatRef};
 use std::time::Instant;
 
 fn main() {
+    spade_kernels::set_options(
+        spade_kernels::KernelOptions::from_vars(|k| std::env::var(k).ok()).expect("kernel options"),
+    );
+    println!("kernel: {}", if use_avx512() { "AVX-512" } else { "gemm crate" });
     for &(m, n, k) in &[(2048, 2048, 2048), (128, 4096, 1152), (64, 16384, 1152), (1152, 4096, 128), (128, 1152, 4096)]
     {
         let a = vec![0.5f32; m * k];

@@ -295,13 +295,15 @@ const MC_BIG: usize = MR * 96;
 /// Columns of C per block: C's block stays in cache across the `KC` slices.
 const NC: usize = NR * 86;
 
-/// `dst (m x n, rows ldc apart) (+)= a * b`. Callers check `available()`.
+/// `dst (m x n, rows ldc apart) (+)= a * b`. Panics on a CPU without AVX-512F (callers
+/// check [`available`]; [`crate::gemm::sgemm`] is the entry point for any CPU).
 ///
 /// A is packed whole, once, by all threads ([`pack_a_all`]); the B panels are split between
 /// threads, and each thread packs a panel (or reads it in place) and runs it against every A
 /// panel of a [`MC_BIG`] block while it is in cache, so no B block is written out whole. Where
 /// B has too few panels to share (a narrow product), threads split the A panels instead.
 pub fn sgemm<A: Operand, B: Operand>(dst: &mut [f32], ldc: usize, a: &A, b: &B, accumulate: bool) {
+    assert!(available(), "avx512::sgemm: this CPU has no AVX-512F");
     #[cfg(target_arch = "x86_64")]
     {
         let (m, k, n) = (a.rows(), a.cols(), b.cols());

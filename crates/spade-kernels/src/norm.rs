@@ -130,7 +130,7 @@ impl NormAct {
         if let (NormStats::Batch, Some(slot)) = (&self.stats, &self.batch_stats) {
             *slot.lock().expect("batch statistics lock") = Some((mean.clone(), var));
         }
-        let mut out = super::uninit_vec(x.len());
+        let mut out = super::output_vec(x.len());
         let slope = self.slope;
         out.par_chunks_mut(p).enumerate().for_each(|(pl, o)| {
             super::wide(|| {
@@ -177,9 +177,9 @@ impl NormAct {
         let scale = |pl: usize| gb.map(|gb| self.gb_plane(gb, pl).0);
         let mut dgb = match gb {
             Some(gb) if want_gb => Some(if gb.stacked {
-                DGb::Stacked(super::uninit_vec(2 * x.len()))
+                DGb::Stacked(super::output_vec(2 * x.len()))
             } else {
-                DGb::Separate(super::uninit_vec(x.len()), super::uninit_vec(x.len()))
+                DGb::Separate(super::output_vec(x.len()), super::output_vec(x.len()))
             }),
             _ => None,
         };
@@ -244,7 +244,7 @@ impl NormAct {
         }
         let per_group = (planes / groups * p) as f64;
         let fixed = matches!(self.stats, NormStats::Fixed { .. });
-        let mut dx = super::uninit_vec(x.len());
+        let mut dx = super::output_vec(x.len());
         dx.par_chunks_mut(p).enumerate().for_each(|(pl, dxp)| {
             super::wide(|| {
                 let gi = self.group_of(pl);
@@ -465,6 +465,22 @@ pub fn norm_modulate_act(
     Ok((y, take_batch_stats(batch_stats, x.device())?))
 }
 
+/// The mean and the biased variance of `x` over `dims` (kept as size-1 dims), with stock ops.
+pub fn mean_var(x: &Tensor, dims: &[usize]) -> Result<(Tensor, Tensor)> {
+    let count: usize = dims.iter().map(|&d| x.dims()[d]).product();
+    let mut s = x.clone();
+    for &d in dims {
+        s = s.sum_keepdim(d)?;
+    }
+    let mean = (s / count as f64)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let mut v = centered.sqr()?;
+    for &d in dims {
+        v = v.sum_keepdim(d)?;
+    }
+    Ok((mean, (v / count as f64)?))
+}
+
 /// The same computation with stock candle ops (other devices and dtypes, and the reference for
 /// the tests).
 pub fn composed(
@@ -477,12 +493,12 @@ pub fn composed(
     let c = x.dim(1)?;
     let (mean, var, out_stats) = match stats {
         NormStats::Batch => {
-            let (m, v) = crate::layers::ops::mean_var(x, &[0, 2, 3])?;
+            let (m, v) = mean_var(x, &[0, 2, 3])?;
             let st = (m.detach().flatten_all()?, v.detach().flatten_all()?);
             (m, v, Some(st))
         }
         NormStats::Instance => {
-            let (m, v) = crate::layers::ops::mean_var(x, &[2, 3])?;
+            let (m, v) = mean_var(x, &[2, 3])?;
             (m, v, None)
         }
         NormStats::Fixed { mean, var } => (

@@ -319,3 +319,24 @@ fn upsample2x_matches_broadcast() {
         1e-6,
     );
 }
+
+#[test]
+fn kernel_options_from_variables() {
+    use super::{GemmKernel, KernelOptions};
+    let vars = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    };
+    assert_eq!(KernelOptions::from_vars(vars(&[])).unwrap(), KernelOptions::default());
+    let o = KernelOptions::from_vars(vars(&[
+        ("SPADE_STOCK_OPS", "1"),
+        ("SPADE_WINOGRAD", "0"),
+        ("SPADE_GEMM", "crate"),
+        ("SPADE_PROFILE", "2"),
+    ]))
+    .unwrap();
+    assert_eq!(o, KernelOptions { enabled: false, winograd: false, gemm: GemmKernel::Crate, profile: 2 });
+    let e = KernelOptions::from_vars(vars(&[("SPADE_GEMM", "blas")])).unwrap_err();
+    assert_eq!(e, "SPADE_GEMM=\"blas\": expected auto or crate");
+    let e = KernelOptions::from_vars(vars(&[("SPADE_PROFILE", "9")])).unwrap_err();
+    assert!(e.starts_with("SPADE_PROFILE=\"9\""), "{e}");
+}

@@ -47,11 +47,10 @@ thread_local! {
     static BLOCK_M: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether the Winograd path is on (`SPADE_WINOGRAD=0` in the environment turns it off, to
-/// compare with the direct convolution).
+/// Whether the Winograd path is on ([`crate::KernelOptions::winograd`]; off, 3x3 convolutions
+/// take the direct product).
 pub(super) fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !std::env::var("SPADE_WINOGRAD").is_ok_and(|v| v == "0"))
+    super::WINOGRAD.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether [`conv3x3`] (and [`filter_grad3x3`]) serves a convolution of `n` maps of `h x w`:
@@ -614,7 +613,9 @@ mod tests {
     #[test]
     fn matches_direct_convolution() {
         if !super::super::avx512::available() {
-            eprintln!("no AVX-512 on this CPU: the Winograd path is never taken");
+            // Without AVX-512 the path must never be chosen: assert that, and stop.
+            assert!(!super::worth_it(64, 256, 256), "Winograd chosen on a CPU without AVX-512");
+            eprintln!("no AVX-512 on this CPU: checked only that the Winograd path is never taken");
             return;
         }
         // (n, cin, h, w, cout, epilogue): odd sizes (partial tiles), runs that cross tile rows
@@ -645,7 +646,9 @@ mod tests {
     #[test]
     fn filter_gradient_matches_direct() {
         if !super::super::avx512::available() {
-            eprintln!("no AVX-512 on this CPU: the Winograd path is never taken");
+            // Without AVX-512 the path must never be chosen: assert that, and stop.
+            assert!(!super::worth_it(64, 256, 256), "Winograd chosen on a CPU without AVX-512");
+            eprintln!("no AVX-512 on this CPU: checked only that the Winograd path is never taken");
             return;
         }
         // (n, cin, h, w, cout): odd sizes, tiles not a whole block, channel counts that are
