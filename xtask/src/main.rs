@@ -23,7 +23,8 @@ enum Command {
     Reproduce(reproduce::Args),
     /// Bring VGG19 / SegFormer (/ Inception) weights into the hub cache, or say how to.
     FetchWeights(fetch_weights::Args),
-    /// Time one training iteration of the bench's mini configuration.
+    /// Time the configurations of ../shared/bench (training iterations, a SPADE ResBlk,
+    /// paper-size inference, a served request); see `bench.rs`.
     Bench(bench::Args),
     /// Run an ablation file (a table whose rows are a grid of overrides): same outputs.
     Ablation(reproduce::Args),

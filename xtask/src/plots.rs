@@ -11,7 +11,7 @@
 //!   style-guided results when the run has an encoder.
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
-use serde_json::Value;
+use spade_train::layout::{eval_samples, LossRecord, RunDir};
 use std::path::{Path, PathBuf};
 
 /// One row of a report as the figures need it.
@@ -122,19 +122,14 @@ where
 /// (iteration, G loss total, D loss total) from a run's losses.jsonl, smoothed by a centred
 /// moving average over `window` iterations.
 fn loss_series(dir: &Path, window: usize) -> Vec<(f64, f64, f64)> {
-    let text = std::fs::read_to_string(dir.join("losses.jsonl")).unwrap_or_default();
+    let text = std::fs::read_to_string(RunDir::new(dir).losses()).unwrap_or_default();
     let raw: Vec<(f64, f64, f64)> = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| {
-            let m = v["losses"].as_object()?;
-            let g: f64 = m
-                .iter()
-                .filter(|(k, _)| !k.starts_with("D_") && k.as_str() != "l1_fake_real")
-                .filter_map(|(_, v)| v.as_f64())
-                .sum();
-            let d: f64 = m.iter().filter(|(k, _)| k.starts_with("D_")).filter_map(|(_, v)| v.as_f64()).sum();
-            Some((v["iter"].as_f64()?, g, d))
+        .filter_map(|l| serde_json::from_str::<LossRecord>(l).ok())
+        .map(|r| {
+            let g: f64 = r.losses.iter().filter(|(k, _)| !k.starts_with("D_")).map(|(_, v)| v).sum();
+            let d: f64 = r.losses.iter().filter(|(k, _)| k.starts_with("D_")).map(|(_, v)| v).sum();
+            (r.iter as f64, g, d)
         })
         .collect();
     let h = window / 2;
@@ -258,13 +253,13 @@ fn open_rgb(p: &Path) -> Option<image::RgbImage> {
 /// (row id, `eval_samples/<file>` of its seed-0 run) for the rows that have it.
 fn seed0_images(rows: &[PlotRow], file: &str) -> Vec<(String, image::RgbImage)> {
     rows.iter()
-        .filter_map(|r| Some((r.id.clone(), open_rgb(&r.dirs.first()?.join("eval_samples").join(file))?)))
+        .filter_map(|r| Some((r.id.clone(), open_rgb(&RunDir::new(r.dirs.first()?).eval_samples().join(file))?)))
         .collect()
 }
 
 /// Labels | each row's output (seed 0) | real, for the first validation samples.
 fn sample_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
-    let grids = seed0_images(rows, "grid.png");
+    let grids = seed0_images(rows, eval_samples::GRID);
     let Some((_, first)) = grids.first() else { return Ok(false) };
     let tw = first.width() / 3;
     let n = (first.height() / tw.max(1)) as usize;
@@ -287,7 +282,7 @@ fn sample_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
 /// The wash-away test: per row, the generated single-class images (seed 0), class by class;
 /// the label colours first and the real single-class images last.
 fn uniform_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
-    let grids = seed0_images(rows, "uniform.png");
+    let grids = seed0_images(rows, eval_samples::UNIFORM);
     let Some((_, first)) = grids.first() else { return Ok(false) };
     let tw = first.width() / 3;
     let classes = spade_data::synthetic::CLASS_NAMES;
@@ -312,14 +307,17 @@ fn multimodal_mosaic(rows: &[PlotRow], out: &Path, font: bool) -> Result<bool> {
     for r in rows {
         let Some(dir) = r.dirs.first() else { continue };
         // Square tiles of the run's image size (the sample grid is label | generated | real).
-        let Some(tw) = open_rgb(&dir.join("eval_samples/grid.png")).map(|g| g.width() / 3) else { continue };
-        for (file, what) in [("multimodal.png", "z"), ("style_guided.png", "style")] {
-            let Some(g) = open_rgb(&dir.join("eval_samples").join(file)) else { continue };
+        let Some(tw) = open_rgb(&RunDir::new(dir).eval_samples().join(eval_samples::GRID)).map(|g| g.width() / 3)
+        else {
+            continue;
+        };
+        for (file, what) in [(eval_samples::MULTIMODAL, "z"), (eval_samples::STYLE_GUIDED, "style")] {
+            let Some(g) = open_rgb(&RunDir::new(dir).eval_samples().join(file)) else { continue };
             let th = tw;
             tile.get_or_insert((tw, th));
             for (i, row) in tiles(&g, tw, th).into_iter().enumerate() {
                 ncols = ncols.max(row.len());
-                let name = if file == "style_guided.png" && i == 0 {
+                let name = if file == eval_samples::STYLE_GUIDED && i == 0 {
                     format!("{} styles", r.id)
                 } else {
                     format!("{} {what}", r.id)

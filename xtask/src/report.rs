@@ -3,14 +3,12 @@
 //! row.json, losses.jsonl). Per row, the seeds' values are aggregated with polars (mean,
 //! standard deviation, count), the 95% confidence half-width comes from Student's t, and each
 //! claim of the paper's table is judged by Welch's t-test ([`crate::stats`]).
-use crate::reproduce::{
-    load_table, run_dir_for_in, seed_count, store_dir, workspace_root, Profile, Row, RowInfo, TableFile,
-};
+use crate::reproduce::{load_table, run_dir_for_in, seed_count, store_dir, workspace_root, Profile, Row, TableFile};
 use crate::stats::{self, Verdict};
 use anyhow::{Context, Result};
 use polars::prelude::{Column, CsvWriter, DataFrame, SerWriter};
 use serde::Deserialize;
-use serde_json::Value;
+use spade_train::layout::{Metrics, RowInfo, RunDir};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -96,60 +94,17 @@ impl Metric {
     }
 
     /// The value of one run, in report units.
-    fn of(self, m: &MetricsFile) -> Option<f64> {
+    fn of(self, m: &Metrics) -> Option<f64> {
         let scale = if self.percent() { 100.0 } else { 1.0 };
         let v = match self {
-            Metric::Miou => m.generated("mIoU"),
-            Metric::Accuracy => m.generated("accuracy"),
-            Metric::UniformAccuracy => m.uniform_maps.as_ref().and_then(|u| u.pixel_accuracy),
-            Metric::FdEvaluator => m.fd_evaluator.as_ref().and_then(|f| f.value),
-            Metric::Fid => m.fid.as_ref().and_then(|f| f.value),
-            Metric::Diversity => m.diversity.as_ref().and_then(|f| f.value),
+            Metric::Miou => m.segmentation.generated().map(|s| s.miou),
+            Metric::Accuracy => m.segmentation.generated().map(|s| s.accuracy),
+            Metric::UniformAccuracy => m.uniform_maps.pixel_accuracy(),
+            Metric::FdEvaluator => m.fd_evaluator.value,
+            Metric::Fid => m.fid.value,
+            Metric::Diversity => m.diversity.value,
         };
         v.filter(|x| x.is_finite()).map(|x| x * scale)
-    }
-}
-
-/// The parts of a run's `metrics.json` that the report reads.
-#[derive(Debug, Default, Deserialize)]
-pub struct MetricsFile {
-    #[serde(default)]
-    pub segmentation: Value,
-    #[serde(default)]
-    pub fid: Option<Valued>,
-    #[serde(default)]
-    pub fd_evaluator: Option<Valued>,
-    #[serde(default)]
-    pub uniform_maps: Option<UniformMaps>,
-    #[serde(default)]
-    pub diversity: Option<Valued>,
-    #[serde(default, rename = "parameters_G")]
-    pub parameters_g: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct Valued {
-    #[serde(default)]
-    pub value: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct UniformMaps {
-    #[serde(default)]
-    pub pixel_accuracy: Option<f64>,
-    #[serde(default)]
-    pub real_images_pixel_accuracy: Option<f64>,
-}
-
-impl MetricsFile {
-    fn generated(&self, key: &str) -> Option<f64> {
-        self.segmentation["generated"]["dontcare_ignore"][key].as_f64()
-    }
-    fn real(&self, key: &str) -> Option<f64> {
-        self.segmentation["real_images"]["dontcare_ignore"][key].as_f64()
-    }
-    fn segmenter(&self) -> Option<String> {
-        self.segmentation["protocol"]["segmenter"].as_str().map(String::from)
     }
 }
 
@@ -225,7 +180,7 @@ pub struct RunRecord {
     pub seed: u64,
     pub dir: PathBuf,
     pub info: RowInfo,
-    pub metrics: MetricsFile,
+    pub metrics: Metrics,
     pub objective: Option<String>,
     /// The evaluation used weights that are not the released ones (`eval_protocol.json`'s
     /// `test_weights`): its segmentation and FID numbers test the pipeline, nothing more.
@@ -256,11 +211,6 @@ impl RowRuns<'_> {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("{}: missing", p.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not the expected JSON", p.display()))
-}
-
 /// The finished runs of every row and seed, from the store under `root`.
 pub fn collect<'a>(
     root: &Path,
@@ -276,22 +226,14 @@ pub fn collect<'a>(
             for seed in 0..seeds as u64 {
                 let (dir, cfg) = run_dir_for_in(root, t, profile, row, args, seed)?;
                 rr.dirs.push(dir.clone());
-                let done = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref()
-                    == Some(cfg.to_yaml().as_str())
-                    && dir.join("metrics.json").is_file()
-                    && dir.join("row.json").is_file();
-                if !done {
-                    continue;
-                }
-                let run: Value = read_json(&dir.join("run.json")).unwrap_or_default();
-                let protocol: Value =
-                    read_json(&dir.join(spade_train::protocol::EVAL_PROTOCOL_FILE)).unwrap_or_default();
+                let rd = RunDir::new(&dir);
+                let Some(info) = rd.finished_row(&cfg.to_yaml()) else { continue };
                 rr.runs.push(RunRecord {
-                    test_weights: protocol["test_weights"].as_bool().unwrap_or(false),
+                    test_weights: rd.used_test_weights()?,
                     seed,
-                    info: read_json(&dir.join("row.json"))?,
-                    metrics: read_json(&dir.join("metrics.json"))?,
-                    objective: run["objective"].as_str().map(String::from),
+                    info,
+                    metrics: rd.read_metrics()?,
+                    objective: rd.read_run_info().ok().map(|r| r.objective),
                     dir,
                 });
             }
@@ -484,6 +426,150 @@ fn paper_csv_columns(t: &TableFile) -> Vec<(String, &'static str, String)> {
     cols
 }
 
+/// A row's value in one CSV column.
+enum Cell {
+    Text(Option<String>),
+    Count(Option<u64>),
+    Number(Option<f64>),
+    Flag(Option<bool>),
+}
+
+/// A polars column of `cells` (all of one kind).
+fn cell_column(name: &str, cells: Vec<Cell>) -> Column {
+    macro_rules! gather {
+        ($variant:ident) => {
+            cells.into_iter().map(|c| if let Cell::$variant(v) = c { v } else { None }).collect::<Vec<_>>()
+        };
+    }
+    match cells.first() {
+        Some(Cell::Count(_)) => Column::new(name.into(), gather!(Count)),
+        Some(Cell::Number(_)) => Column::new(name.into(), gather!(Number)),
+        Some(Cell::Flag(_)) => Column::new(name.into(), gather!(Flag)),
+        _ => Column::new(name.into(), gather!(Text)),
+    }
+}
+
+/// A row's aggregates: (mean, sd, count) per metric of [`Metric::ALL`].
+type RowAgg = [(f64, f64, usize); 6];
+type MdCell<'a> = Box<dyn Fn(&RowRuns, &RowAgg) -> String + 'a>;
+type CsvCell<'a> = Box<dyn Fn(&RowRuns, &RowAgg) -> Cell + 'a>;
+
+/// One column of the results table: its markdown title and cell (when the markdown shows it)
+/// and its CSV columns. The markdown table and the CSV are both generated from one list.
+struct ResultColumn<'a> {
+    md: Option<(String, MdCell<'a>)>,
+    csv: Vec<(String, CsvCell<'a>)>,
+}
+
+impl<'a> ResultColumn<'a> {
+    fn both(
+        title: &str,
+        csv: &str,
+        md: impl Fn(&RowRuns, &RowAgg) -> String + 'a,
+        value: impl Fn(&RowRuns, &RowAgg) -> Cell + 'a,
+    ) -> Self {
+        ResultColumn { md: Some((title.into(), Box::new(md))), csv: vec![(csv.into(), Box::new(value))] }
+    }
+    fn csv(csv: &str, value: impl Fn(&RowRuns, &RowAgg) -> Cell + 'a) -> Self {
+        ResultColumn { md: None, csv: vec![(csv.into(), Box::new(value))] }
+    }
+}
+
+/// A row's first run (for what all its runs share: parameter count, objective, evaluator).
+fn first<'r>(r: &'r RowRuns) -> Option<&'r RunRecord> {
+    r.runs.first()
+}
+
+/// The columns of a table's results, in order.
+fn result_columns<'a>(t: &'a TableFile, dataset: &'a str, profile: &'a str, seeds: usize) -> Vec<ResultColumn<'a>> {
+    let mut cols = vec![
+        ResultColumn::csv("row", |r, _| Cell::Text(Some(r.row.id.clone()))),
+        ResultColumn::both(
+            "method",
+            "method",
+            |r, _| r.row.method.clone(),
+            |r, _| Cell::Text(Some(r.row.method.clone())),
+        ),
+        ResultColumn::csv("dataset", move |_, _| Cell::Text(Some(dataset.to_string()))),
+        ResultColumn::csv("profile", move |_, _| Cell::Text(Some(profile.to_string()))),
+        ResultColumn::both(
+            "seeds",
+            "seeds",
+            |r, _| r.runs.len().to_string(),
+            |r, _| Cell::Count(Some(r.runs.len() as u64)),
+        ),
+        ResultColumn::both(
+            "#param G",
+            "params_G",
+            move |r, _| first(r).map(|x| fmt_params(x.metrics.parameters_g as u64)).unwrap_or_default(),
+            move |r, _| Cell::Count(first(r).map(|x| x.metrics.parameters_g as u64)),
+        ),
+    ];
+    for (k, m) in Metric::ALL.iter().copied().enumerate() {
+        let md: MdCell = Box::new(move |_, s| {
+            let (mu, sd, n) = s[k];
+            match (nan_none(mu), n) {
+                (None, _) => "unavailable".into(),
+                (Some(mu), n) if n >= 2 && sd.is_finite() => {
+                    format!("{} ± {}", m.format(mu), m.format(stats::ci95(sd, n)))
+                }
+                (Some(mu), _) => m.format(mu),
+            }
+        });
+        cols.push(ResultColumn {
+            md: Some((m.title().into(), md)),
+            csv: vec![
+                (format!("{}_mean", m.key()), Box::new(move |_, s| Cell::Number(nan_none(s[k].0)))),
+                (format!("{}_std", m.key()), Box::new(move |_, s| Cell::Number(nan_none(s[k].1)))),
+                (
+                    format!("{}_ci95", m.key()),
+                    Box::new(move |_, s| Cell::Number(nan_none(stats::ci95(s[k].1, s[k].2)))),
+                ),
+            ],
+        });
+    }
+    cols.extend([
+        ResultColumn::both(
+            "G objective",
+            "objective",
+            move |r, _| first(r).and_then(|x| x.objective.clone()).unwrap_or_default(),
+            move |r, _| Cell::Text(first(r).and_then(|x| x.objective.clone())),
+        ),
+        ResultColumn::both(
+            "status",
+            "status",
+            move |r, _| r.status(seeds),
+            move |r, _| Cell::Text(Some(r.status(seeds))),
+        ),
+        ResultColumn::csv("test_weights", |r, _| {
+            Cell::Flag((!r.runs.is_empty()).then(|| r.runs.iter().any(|x| x.test_weights)))
+        }),
+        ResultColumn::csv("segmenter_real_miou", move |r, _| {
+            Cell::Number(first(r).and_then(|x| x.metrics.segmentation.real_images()).map(|s| 100.0 * s.miou))
+        }),
+        ResultColumn::csv("segmenter_real_uniform_accuracy", move |r, _| {
+            Cell::Number(first(r).and_then(|x| x.metrics.uniform_maps.real_images_pixel_accuracy()).map(|x| 100.0 * x))
+        }),
+    ]);
+    for (key, part, name) in paper_csv_columns(t) {
+        cols.push(ResultColumn::csv(&name, move |r, _| Cell::Number(paper_part(r.row, &key, part))));
+    }
+    cols.extend([
+        ResultColumn::csv("iterations", move |r, _| Cell::Count(first(r).map(|x| x.info.iterations as u64))),
+        ResultColumn::csv("train_wall_s_mean", |r, _| {
+            Cell::Number(
+                (!r.runs.is_empty())
+                    .then(|| r.runs.iter().map(|x| x.info.train_wall_s).sum::<f64>() / r.runs.len() as f64),
+            )
+        }),
+        ResultColumn::csv("code_revisions", |r, _| {
+            let v: std::collections::BTreeSet<&str> = r.runs.iter().map(|x| x.info.code_revision.as_str()).collect();
+            Cell::Text((!v.is_empty()).then(|| v.into_iter().collect::<Vec<_>>().join(" ")))
+        }),
+    ]);
+    cols
+}
+
 fn nan_none(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
@@ -544,15 +630,15 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
     // The evaluator, from the first run that has it.
     let first = rows.iter().flat_map(|r| r.runs.iter()).next();
     if let Some(run) = first {
-        let real_miou = run.metrics.real("mIoU").map(|x| 100.0 * x);
-        let real_acc = run.metrics.real("accuracy").map(|x| 100.0 * x);
-        let real_uniform =
-            run.metrics.uniform_maps.as_ref().and_then(|u| u.real_images_pixel_accuracy).map(|x| 100.0 * x);
+        let real = run.metrics.segmentation.real_images();
+        let real_miou = real.map(|s| 100.0 * s.miou);
+        let real_acc = real.map(|s| 100.0 * s.accuracy);
+        let real_uniform = run.metrics.uniform_maps.real_images_pixel_accuracy().map(|x| 100.0 * x);
         let f = |x: Option<f64>| x.map(|x| format!("{x:.1}%")).unwrap_or_else(|| "unavailable".into());
         writeln!(
             md,
             "**Evaluator:** {}. On real validation images: **mIoU {}**, pixel accuracy {}; on real single-class images: pixel accuracy {}.{}\n",
-            run.metrics.segmenter().unwrap_or_else(|| "no segmentation network".into()),
+            run.metrics.segmentation.segmenter().unwrap_or("no segmentation network"),
             f(real_miou),
             f(real_acc),
             f(real_uniform),
@@ -579,35 +665,17 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
          FD in evaluator features: the Fréchet distance between real and generated validation images in the segmenter's penultimate features (global average pool) — not FID. \
          FID: only with Inception weights. Diversity: the mean pairwise L1 distance between outputs for the same label (pixels in [0, 1]; 0 for generators without z).\n"
     )?;
-    let mut head = vec!["method".to_string(), "seeds".into(), "#param G".into()];
-    head.extend(Metric::ALL.iter().map(|m| m.title().to_string()));
-    head.extend(["G objective".to_string(), "status".into()]);
+    let columns = result_columns(t, &dataset, &args.profile, seeds);
+    let head: Vec<&str> = columns.iter().filter_map(|c| c.md.as_ref().map(|(title, _)| title.as_str())).collect();
     writeln!(md, "| {} |\n|{}", head.join(" | "), "---|".repeat(head.len()))?;
     for (r, s) in rows.iter().zip(&agg) {
-        let status = r.status(seeds);
-        if r.runs.is_empty() {
-            let mut cells = vec![r.row.method.clone(), status.clone()];
-            cells.resize(head.len(), String::new());
-            writeln!(md, "| {} |", cells.join(" | "))?;
-            continue;
-        }
-        let mut cells = vec![
-            r.row.method.clone(),
-            r.runs.len().to_string(),
-            r.runs[0].metrics.parameters_g.map(fmt_params).unwrap_or_default(),
-        ];
-        for (k, m) in Metric::ALL.iter().enumerate() {
-            let (mu, sd, n) = s[k];
-            cells.push(match (nan_none(mu), n) {
-                (None, _) => "unavailable".into(),
-                (Some(mu), n) if n >= 2 && sd.is_finite() => {
-                    format!("{} ± {}", m.format(mu), m.format(stats::ci95(sd, n)))
-                }
-                (Some(mu), _) => m.format(mu),
-            });
-        }
-        cells.push(r.runs[0].objective.clone().unwrap_or_default());
-        cells.push(status);
+        let mut cells: Vec<String> = if r.runs.is_empty() {
+            // A row without runs: its method, then why.
+            vec![r.row.method.clone(), r.status(seeds)]
+        } else {
+            columns.iter().filter_map(|c| c.md.as_ref().map(|(_, cell)| cell(r, s))).collect()
+        };
+        cells.resize(head.len(), String::new());
         writeln!(md, "| {} |", cells.join(" | "))?;
     }
     writeln!(md)?;
@@ -727,71 +795,14 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
     }
     std::fs::write(out.join(format!("{stem}.md")), md)?;
 
-    // ---- CSV: one line per row
-    let s_col = |f: &dyn Fn(&RowRuns) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let mut cols = vec![
-        Column::new("row".into(), s_col(&|r| Some(r.row.id.clone()))),
-        Column::new("method".into(), s_col(&|r| Some(r.row.method.clone()))),
-        Column::new("dataset".into(), s_col(&|_| Some(dataset.clone()))),
-        Column::new("profile".into(), s_col(&|_| Some(args.profile.clone()))),
-        Column::new("seeds".into(), rows.iter().map(|r| r.runs.len() as u64).collect::<Vec<_>>()),
-        Column::new("status".into(), s_col(&|r| Some(r.status(seeds)))),
-        Column::new(
-            "params_G".into(),
-            rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.parameters_g)).collect::<Vec<_>>(),
-        ),
-        Column::new("objective".into(), s_col(&|r| r.runs.first().and_then(|x| x.objective.clone()))),
-        Column::new(
-            "test_weights".into(),
-            rows.iter()
-                .map(|r| (!r.runs.is_empty()).then(|| r.runs.iter().any(|x| x.test_weights)))
-                .collect::<Vec<_>>(),
-        ),
-    ];
-    for (k, m) in Metric::ALL.iter().enumerate() {
-        let col = |f: &dyn Fn(&(f64, f64, usize)) -> f64| agg.iter().map(|s| nan_none(f(&s[k]))).collect::<Vec<_>>();
-        cols.push(Column::new(format!("{}_mean", m.key()).into(), col(&|s| s.0)));
-        cols.push(Column::new(format!("{}_std", m.key()).into(), col(&|s| s.1)));
-        cols.push(Column::new(format!("{}_ci95", m.key()).into(), col(&|s| stats::ci95(s.1, s.2))));
+    // ---- CSV: one line per row, the same column list
+    let mut cols = Vec::new();
+    for c in &columns {
+        for (name, value) in &c.csv {
+            let cells: Vec<Cell> = rows.iter().zip(&agg).map(|(r, s)| value(r, s)).collect();
+            cols.push(cell_column(name, cells));
+        }
     }
-    cols.push(Column::new(
-        "segmenter_real_miou".into(),
-        rows.iter().map(|r| r.runs.first().and_then(|x| x.metrics.real("mIoU")).map(|x| 100.0 * x)).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "segmenter_real_uniform_accuracy".into(),
-        rows.iter()
-            .map(|r| {
-                r.runs
-                    .first()
-                    .and_then(|x| x.metrics.uniform_maps.as_ref().and_then(|u| u.real_images_pixel_accuracy))
-                    .map(|x| 100.0 * x)
-            })
-            .collect::<Vec<_>>(),
-    ));
-    for (key, part, name) in paper_csv_columns(t) {
-        cols.push(Column::new(name.into(), t.rows.iter().map(|r| paper_part(r, &key, part)).collect::<Vec<_>>()));
-    }
-    cols.push(Column::new(
-        "iterations".into(),
-        rows.iter().map(|r| r.runs.first().map(|x| x.info.iterations as u64)).collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "train_wall_s_mean".into(),
-        rows.iter()
-            .map(|r| {
-                (!r.runs.is_empty())
-                    .then(|| r.runs.iter().map(|x| x.info.train_wall_s).sum::<f64>() / r.runs.len() as f64)
-            })
-            .collect::<Vec<_>>(),
-    ));
-    cols.push(Column::new(
-        "code_revisions".into(),
-        s_col(&|r| {
-            let v: std::collections::BTreeSet<&str> = r.runs.iter().map(|x| x.info.code_revision.as_str()).collect();
-            (!v.is_empty()).then(|| v.into_iter().collect::<Vec<_>>().join(" "))
-        }),
-    ));
     let mut df = DataFrame::new_infer_height(cols)?;
     write_csv(&out.join(format!("{stem}.csv")), &mut df)?;
 
@@ -830,6 +841,7 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
 mod tests {
     use super::*;
     use polars::prelude::{CsvReadOptions, SerReader};
+    use spade_train::layout::{Measured, RunInfo, Score, Scores, Segmentation, UniformMaps};
 
     const TABLE: &str = r#"
 table: t1
@@ -880,17 +892,49 @@ rows:
             code_revision: "rev1".into(),
             git_revision: "abc".into(),
         };
-        std::fs::write(dir.join("row.json"), serde_json::to_string(&info).unwrap()).unwrap();
-        std::fs::write(dir.join("run.json"), serde_json::json!({"objective": "GAN"}).to_string()).unwrap();
-        std::fs::write(
-            dir.join("metrics.json"),
-            serde_json::json!({"parameters_G": 1234, "fid": {"value": null, "unavailable": "no weights"},
-                "fd_evaluator": {"value": fd}, "uniform_maps": {"pixel_accuracy": 0.5, "real_images_pixel_accuracy": 0.9},
-                "diversity": {"value": 0.0},
-                "segmentation": {"generated": {"dontcare_ignore": {"mIoU": miou, "accuracy": 0.5}},
-                                 "real_images": {"dontcare_ignore": {"mIoU": 0.9, "accuracy": 0.95}}}})
-            .to_string(),
-        )
+        let rd = RunDir::new(&dir);
+        rd.write_row_info(&info).unwrap();
+        rd.write_run_info(&RunInfo {
+            config: RunDir::CONFIG.into(),
+            seed,
+            git_revision: "abc".into(),
+            device: "Cpu".into(),
+            vgg_loss: false,
+            objective: "GAN".into(),
+            discriminator: true,
+            vgg_weights: None,
+            parameters_g: 1234,
+            parameters_d: 10,
+        })
+        .unwrap();
+        let score = |miou: f64, accuracy: f64| Score { miou, accuracy, pixels: 100 };
+        let scores = |miou: f64, accuracy: f64| Scores {
+            dontcare_ignore: score(miou, accuracy),
+            dontcare_count: score(miou, accuracy),
+        };
+        rd.write_metrics(&Metrics {
+            checkpoint: Some("iter_00000002".into()),
+            samples: 4,
+            parameters_g: 1234,
+            segmentation: Segmentation::Scored {
+                generated: scores(miou, 0.5),
+                real_images: scores(0.9, 0.95),
+                protocol: serde_json::json!({"segmenter": "synthetic"}),
+            },
+            fid: Measured::unavailable("no weights"),
+            fd_evaluator: Measured::value(fd, serde_json::json!({})),
+            uniform_maps: UniformMaps::Scored {
+                pixel_accuracy: 0.5,
+                per_class: vec![0.5],
+                real_images_pixel_accuracy: 0.9,
+                real_per_class: vec![0.9],
+                classes: 1,
+                z_per_map: 1,
+                rule: "r".into(),
+            },
+            diversity: Measured::value(0.0, serde_json::json!({})),
+            l1_generated_vs_real: 0.1,
+        })
         .unwrap();
     }
 

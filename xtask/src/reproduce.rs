@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use spade_train::config::ExperimentConfig;
 use spade_train::evaluate::evaluate_run;
+use spade_train::layout::{RowInfo, RunDir};
 use spade_train::run::{train, RunOptions};
 use spade_train::segmenter::SegmenterSpec;
 use std::collections::BTreeMap;
@@ -65,28 +66,6 @@ impl Args {
             eval: Default::default(),
         }
     }
-}
-
-/// What a finished run of the store records beside its config and metrics (`row.json`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RowInfo {
-    /// The table and row that first asked for this run (other rows may share it).
-    pub table: String,
-    pub row: String,
-    pub profile: String,
-    pub profile_scale: String,
-    pub dataset: String,
-    pub seed: u64,
-    pub iterations: usize,
-    pub train_wall_s: f64,
-    pub eval_wall_s: f64,
-    pub config_sha256: String,
-    /// The run's store key (config and evaluator).
-    pub key: String,
-    /// Hash of the source trees the numbers depend on ([`code_revision`]).
-    pub code_revision: String,
-    /// `git rev-parse HEAD` when it ran (`-dirty` with uncommitted changes).
-    pub git_revision: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,12 +332,8 @@ pub fn run(args: Args) -> Result<()> {
         job.start_row(i, row, seed);
         let (dir, cfg) = run_dir_for_in(&root, &t, profile, row, &args, seed)?;
         let yaml = cfg.to_yaml();
-        let info: Option<RowInfo> =
-            std::fs::read_to_string(dir.join("row.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
-        let finished = std::fs::read_to_string(dir.join("config.yaml")).ok().as_deref() == Some(yaml.as_str())
-            && dir.join("metrics.json").is_file()
-            && info.is_some();
-        if let (true, false, Some(info)) = (finished, args.fresh, &info) {
+        let rd = RunDir::new(&dir);
+        if let (false, Some(info)) = (args.fresh, rd.finished_row(&yaml)) {
             if info.code_revision == code_rev || args.allow_other_revisions {
                 job.println(format!(
                     "{} seed {seed}: reusing the finished run {} (code revision {})",
@@ -412,7 +387,7 @@ pub fn run(args: Args) -> Result<()> {
             code_revision: code_rev.clone(),
             git_revision: git_rev.clone(),
         };
-        std::fs::write(dir.join("row.json"), serde_json::to_string_pretty(&info)?)?;
+        rd.write_row_info(&info)?;
         job.println(format!(
             "{} seed {seed}: {} iterations in {:.0} s, evaluated in {:.0} s",
             row.id,

@@ -102,7 +102,7 @@ fn open(args: &Args, data: &DatasetConfig, device: &candle_core::Device) -> Resu
 pub fn run(args: Args) -> Result<()> {
     let device = crate::synthesize::device(args.cuda)?;
     let m = if let Some(run) = &args.run {
-        let mut cfg = ExperimentConfig::load(&run.join("config.yaml"), &[])?;
+        let mut cfg = ExperimentConfig::load(&spade_train::layout::RunDir::new(run).config(), &[])?;
         if let Some(n) = args.num_samples {
             cfg.eval.num_samples = n;
         }
@@ -115,7 +115,7 @@ pub fn run(args: Args) -> Result<()> {
             std::fs::write(out, serde_json::to_string_pretty(&m)?)
                 .with_context(|| format!("writing {}", out.display()))?;
         }
-        m
+        serde_json::to_string_pretty(&m)?
     } else {
         let generated = args.generated.as_ref().expect("clap requires --run or --generated");
         let mode: DatasetMode = args.dataset.as_deref().unwrap_or_default().parse()?;
@@ -132,8 +132,8 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(dir) = out.parent() {
             o.setup.write(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir })?;
         }
-        m
+        serde_json::to_string_pretty(&m)?
     };
-    println!("{}", serde_json::to_string_pretty(&m)?);
+    println!("{m}");
     Ok(())
 }

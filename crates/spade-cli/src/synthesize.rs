@@ -83,7 +83,7 @@ pub fn device(cuda: bool) -> Result<Device> {
 /// A checkpoint directory, or the checkpoint a training run's `latest` names.
 pub fn resolve_checkpoint(dir: &Path) -> PathBuf {
     match spade_train::run::latest_checkpoint(dir) {
-        Some(ck) if !dir.join("opt.txt").exists() => ck,
+        Some(ck) if !dir.join(spade_train::layout::checkpoint::OPT_TXT).exists() => ck,
         _ => dir.to_path_buf(),
     }
 }
@@ -241,7 +241,7 @@ pub fn run(args: Args) -> Result<()> {
     let dev = device(args.cuda)?;
     let ckpt = resolve_checkpoint(&args.checkpoint);
     let synth = Synthesizer::load(&ckpt, &args.which_epoch, &dev, !args.styles.is_empty())?;
-    let opt_path = ckpt.join("opt.txt");
+    let opt_path = ckpt.join(spade_train::layout::checkpoint::OPT_TXT);
     if !synth.uses_z() && (args.z.is_some() || !args.styles.is_empty()) {
         bail!("{}: use_vae is False, so the generator takes no z: drop --z/--style", opt_path.display());
     }

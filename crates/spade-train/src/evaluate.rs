@@ -4,6 +4,10 @@
 //! accuracy, both don't-care settings) and FID when Inception weights are given ([`Scorer`]),
 //! and write `metrics.json` with every protocol setting.
 use crate::config::ExperimentConfig;
+use crate::layout::{
+    checkpoint, eval_samples, write_json, GeneratedMetrics, Measured, Metrics, RunDir, Score, Scores, Segmentation,
+    UniformMaps,
+};
 use crate::run::{latest_checkpoint, Result, TrainError};
 use candle_core::{Device, Tensor};
 use spade_data::{BatchLoader, Dataset, DatasetConfig, DatasetMode, LoaderOptions, Phase};
@@ -19,15 +23,12 @@ pub struct FidNet<'a> {
     pub weights_sha256: String,
 }
 
-fn scores_json(cm: &ConfusionMatrix) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for s in cm.report() {
-        m.insert(
-            format!("dontcare_{}", s.dont_care.as_str()),
-            serde_json::json!({"mIoU": s.mean_iou, "accuracy": s.pixel_accuracy, "pixels": s.pixels}),
-        );
-    }
-    serde_json::Value::Object(m)
+fn scores(cm: &ConfusionMatrix) -> Scores {
+    let score = |d: DontCare| {
+        let s = cm.report().into_iter().find(|s| s.dont_care == d).expect("a report has both don't-care settings");
+        Score { miou: s.mean_iou, accuracy: s.pixel_accuracy, pixels: s.pixels }
+    };
+    Scores { dontcare_ignore: score(DontCare::Ignore), dontcare_count: score(DontCare::Count) }
 }
 
 /// Accumulates the scores of generated images against their labels (and of the real images,
@@ -100,7 +101,7 @@ impl<'a> Scorer<'a> {
 
     /// The `segmentation` part of `metrics.json`: scores under both don't-care settings for the
     /// generated and the real images, and every protocol setting.
-    pub fn segmentation_json(&self) -> serde_json::Value {
+    pub fn segmentation(&self) -> Segmentation {
         match (self.segmenter, &self.cm_fake, &self.cm_real) {
             (Some(s), Some(cf), Some(cr)) => {
                 let pre = s.preprocessing().map(|p| {
@@ -108,65 +109,61 @@ impl<'a> Scorer<'a> {
                         "mean": p.mean, "std": p.std, "output": p.output})
                 });
                 let gt = s.ground_truth_map().map(|m| serde_json::json!({"name": m.name, "ignore_id": m.ignore}));
-                serde_json::json!({
-                    "generated": scores_json(cf),
-                    "real_images": scores_json(cr),
-                    "protocol": {"segmenter": s.name(), "weights_sha256": s.weights_hash(),
+                Segmentation::Scored {
+                    generated: scores(cf),
+                    real_images: scores(cr),
+                    protocol: serde_json::json!({"segmenter": s.name(), "weights_sha256": s.weights_hash(),
                         "input_resolution": s.input_resolution(), "input_resize": "bilinear, align_corners false, no antialias",
                         "num_classes": s.num_classes(), "preprocessing": pre, "ground_truth_map": gt,
                         "dataset_dontcare_id": self.dataset_dont_care,
-                        "label_resize": self.resize.as_str(), "dontcare": [DontCare::Ignore.as_str(), DontCare::Count.as_str()]},
-                })
+                        "label_resize": self.resize.as_str(), "dontcare": [DontCare::Ignore.as_str(), DontCare::Count.as_str()]}),
+                }
             }
-            _ => serde_json::json!({"unavailable": "no segmentation network was given (--segmenter none)"}),
+            _ => {
+                Segmentation::Unavailable { unavailable: "no segmentation network was given (--segmenter none)".into() }
+            }
         }
     }
 
     /// The `fd_evaluator` part of `metrics.json`: the Fréchet distance between the generated
     /// and the real images' penultimate features of the segmentation network (globally
     /// average-pooled). Not FID: another network, another feature space, another scale.
-    pub fn fd_evaluator_json(&self) -> Result<serde_json::Value> {
+    pub fn fd_evaluator(&self) -> Result<Measured> {
         let n = if self.eval_dim == 0 { 0 } else { self.eval_fake.len() / self.eval_dim };
         Ok(if n >= 2 {
             let a = GaussianStats::from_features(&self.eval_fake, self.eval_dim)?;
             let b = GaussianStats::from_features(&self.eval_real, self.eval_dim)?;
-            serde_json::json!({"value": spade_metrics::frechet_distance(&a, &b)?, "images": n, "dim": self.eval_dim,
-                "name": "Fréchet distance in the evaluator's penultimate features",
-                "network": self.segmenter.map(|s| s.name())})
+            Measured::value(
+                spade_metrics::frechet_distance(&a, &b)?,
+                serde_json::json!({"images": n, "dim": self.eval_dim,
+                    "name": "Fréchet distance in the evaluator's penultimate features",
+                    "network": self.segmenter.map(|s| s.name())}),
+            )
         } else {
-            serde_json::json!({"value": null,
-                "unavailable": "the segmentation network exposes no penultimate features (or fewer than 2 images were scored)"})
+            Measured::unavailable(
+                "the segmentation network exposes no penultimate features (or fewer than 2 images were scored)",
+            )
         })
     }
 
     /// The `fid` part of `metrics.json`; `reference_set` says what the real images are.
-    pub fn fid_json(&self, reference_set: &str) -> Result<serde_json::Value> {
+    pub fn fid(&self, reference_set: &str) -> Result<Measured> {
         Ok(match &self.fid {
             Some(f) if self.images >= 2 => {
                 let a = GaussianStats::from_features(&self.feats_fake, spade_metrics::POOL3_DIM)?;
                 let b = GaussianStats::from_features(&self.feats_real, spade_metrics::POOL3_DIM)?;
-                serde_json::json!({"value": spade_metrics::frechet_distance(&a, &b)?, "weights_sha256": f.weights_sha256,
-                    "reference_set": reference_set, "images": self.images, "resize": "bilinear 299x299, align_corners false"})
+                Measured::value(
+                    spade_metrics::frechet_distance(&a, &b)?,
+                    serde_json::json!({"weights_sha256": f.weights_sha256, "reference_set": reference_set,
+                        "images": self.images, "resize": "bilinear 299x299, align_corners false"}),
+                )
             }
-            Some(_) => {
-                serde_json::json!({"value": null, "unavailable": format!("FID needs at least 2 images; {} were scored", self.images)})
-            }
+            Some(_) => Measured::unavailable(format!("FID needs at least 2 images; {} were scored", self.images)),
             None => {
-                serde_json::json!({"value": null, "unavailable": "no Inception weights (pt_inception-2015-12-05) were given: FID not computed"})
+                Measured::unavailable("no Inception weights (pt_inception-2015-12-05) were given: FID not computed")
             }
         })
     }
-}
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::File { path: dir.into(), message: e.to_string() })?;
-    }
-    spade_io::atomic::write_atomic(path, |f| {
-        use std::io::Write;
-        f.write_all(serde_json::to_string_pretty(v).unwrap().as_bytes())
-    })?;
-    Ok(())
 }
 
 /// Evaluates the latest checkpoint of `run`; writes and returns `metrics.json`.
@@ -176,12 +173,12 @@ pub fn evaluate_run(
     segmenter: Option<&dyn Segmenter>,
     fid: Option<FidNet>,
     device: &Device,
-) -> Result<serde_json::Value> {
+) -> Result<Metrics> {
+    let rd = RunDir::new(run);
     let ck = latest_checkpoint(run)
         .ok_or_else(|| TrainError::File { path: run.into(), message: "no checkpoint to evaluate".into() })?;
-    let opt = NetOptions::from_opt_file(&ck.join("opt.txt"))?;
-    let (g, store) =
-        load_network(&ck.join("latest_net_G.safetensors"), &opt, device, true, |vb| Generator::new(&opt, vb))?;
+    let opt = NetOptions::from_opt_file(&ck.join(checkpoint::OPT_TXT))?;
+    let (g, store) = load_network(&ck.join(checkpoint::NET_G), &opt, device, true, |vb| Generator::new(&opt, vb))?;
     let spec = SemanticsSpec::from(&opt);
     let mut data = cfg.data.clone();
     data.phase = Phase::Val;
@@ -193,7 +190,7 @@ pub fn evaluate_run(
     let dont_care = spec.contain_dontcare_label.then_some(opt.label_nc as u32);
     let mut scorer = Scorer::new(segmenter, fid, dont_care);
     let (mut l1_sum, mut l1_n) = (0f64, 0usize);
-    let samples_dir = run.join("eval_samples");
+    let samples_dir = rd.eval_samples();
     std::fs::create_dir_all(&samples_dir)
         .map_err(|e| TrainError::File { path: samples_dir.clone(), message: e.to_string() })?;
     let mut done = 0;
@@ -209,7 +206,7 @@ pub fn evaluate_run(
         l1_sum += (&fake - &real)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64 * sem.dim(0)? as f64;
         l1_n += sem.dim(0)?;
         if done == 0 {
-            crate::run::save_grid(&samples_dir.join("grid.png"), &batch.samples, &fake)?;
+            crate::run::save_grid(&samples_dir.join(eval_samples::GRID), &batch.samples, &fake)?;
         }
         let (h, w) = (batch.samples[0].label.height, batch.samples[0].label.width);
         let labels: Vec<u32> = batch.samples.iter().flat_map(|s| s.label.data.iter().copied()).collect();
@@ -218,33 +215,35 @@ pub fn evaluate_run(
         scorer.add(&to01(&fake)?, &to01(&real)?, &labels)?;
         done += batch.samples.len();
     }
-    let fid_json = scorer.fid_json(&format!("{done} validation images of the same labels"))?;
-    let seg_json = scorer.segmentation_json();
-    let fd_json = scorer.fd_evaluator_json()?;
+    let fid = scorer.fid(&format!("{done} validation images of the same labels"))?;
+    let segmentation = scorer.segmentation();
+    let fd_evaluator = scorer.fd_evaluator()?;
     let uniform = match (segmenter, resolved.dataset_mode) {
         (Some(seg), DatasetMode::Synthetic) => {
             uniform_maps(&g, &opt, &spec, &resolved, seg, cfg.eval.uniform_z, &samples_dir, device)?
         }
-        _ => serde_json::json!({"unavailable": "the wash-away test runs on the synthetic dataset with its segmenter"}),
+        _ => UniformMaps::Unavailable {
+            unavailable: "the wash-away test runs on the synthetic dataset with its segmenter".into(),
+        },
     };
     let diversity = diversity(&g, &opt, &spec, &data, &cfg.eval, &samples_dir, device)?;
-    let e_path = ck.join("latest_net_E.safetensors");
+    let e_path = ck.join(checkpoint::NET_E);
     if g.uses_z() && e_path.is_file() {
         let (e, _) = load_network(&e_path, &opt, device, true, |vb| spade_models::ConvEncoder::new(&opt, vb))?;
         style_guided(&g, &e, &spec, &data, &samples_dir, device)?;
     }
-    let metrics = serde_json::json!({
-        "checkpoint": ck.file_name().map(|s| s.to_string_lossy().to_string()),
-        "samples": done,
-        "parameters_G": store.num_params(),
-        "segmentation": seg_json,
-        "fid": fid_json,
-        "fd_evaluator": fd_json,
-        "uniform_maps": uniform,
-        "diversity": diversity,
-        "l1_generated_vs_real": l1_sum / l1_n.max(1) as f64,
-    });
-    write_json(&run.join("metrics.json"), &metrics)?;
+    let metrics = Metrics {
+        checkpoint: ck.file_name().map(|s| s.to_string_lossy().to_string()),
+        samples: done,
+        parameters_g: store.num_params(),
+        segmentation,
+        fid,
+        fd_evaluator,
+        uniform_maps: uniform,
+        diversity,
+        l1_generated_vs_real: l1_sum / l1_n.max(1) as f64,
+    };
+    rd.write_metrics(&metrics)?;
     Ok(metrics)
 }
 
@@ -289,7 +288,7 @@ fn uniform_maps(
     z_count: usize,
     dir: &Path,
     device: &Device,
-) -> Result<serde_json::Value> {
+) -> Result<UniformMaps> {
     use spade_data::synthetic::{generate_uniform, NUM_CLASSES};
     let w = data.preprocess.crop_size;
     let h = ((w as f64 / data.preprocess.aspect_ratio).round_ties_even() as usize).max(1);
@@ -313,17 +312,17 @@ fn uniform_maps(
     }
     let samples: Vec<spade_data::Sample> = tiles.iter().map(|(s, _)| s.clone()).collect();
     let fakes = Tensor::cat(&tiles.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), 0)?;
-    crate::run::save_grid_all(&dir.join("uniform.png"), &samples, &fakes)?;
+    crate::run::save_grid_all(&dir.join(eval_samples::UNIFORM), &samples, &fakes)?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    Ok(serde_json::json!({
-        "pixel_accuracy": mean(&per_class),
-        "per_class": per_class,
-        "real_images_pixel_accuracy": mean(&real_per_class),
-        "real_per_class": real_per_class,
-        "classes": NUM_CLASSES,
-        "z_per_map": runs,
-        "rule": "fraction of pixels the segmenter assigns to the map's class, mean over the classes",
-    }))
+    Ok(UniformMaps::Scored {
+        pixel_accuracy: mean(&per_class),
+        real_images_pixel_accuracy: mean(&real_per_class),
+        per_class,
+        real_per_class,
+        classes: NUM_CLASSES,
+        z_per_map: runs,
+        rule: "fraction of pixels the segmenter assigns to the map's class, mean over the classes".into(),
+    })
 }
 
 /// Diversity of the outputs for the same label: the first `eval.diversity_labels` validation
@@ -338,12 +337,13 @@ fn diversity(
     eval: &crate::config::EvalConfig,
     dir: &Path,
     device: &Device,
-) -> Result<serde_json::Value> {
+) -> Result<Measured> {
     let name = "mean pairwise L1 distance between outputs for the same label (pixels in [0, 1])";
     if !g.uses_z() {
-        return Ok(
-            serde_json::json!({"value": 0.0, "name": name, "note": "the generator takes no z: one output per label"}),
-        );
+        return Ok(Measured::value(
+            0.0,
+            serde_json::json!({"name": name, "note": "the generator takes no z: one output per label"}),
+        ));
     }
     let ds = spade_data::open(data)?;
     let k = eval.diversity_z.max(2);
@@ -367,8 +367,8 @@ fn diversity(
             rows.push((sample, fake));
         }
     }
-    crate::run::save_multimodal(&dir.join("multimodal.png"), &rows)?;
-    Ok(serde_json::json!({"value": sum / n as f64, "name": name, "labels": n, "z_per_label": k}))
+    crate::run::save_multimodal(&dir.join(eval_samples::MULTIMODAL), &rows)?;
+    Ok(Measured::value(sum / n as f64, serde_json::json!({"name": name, "labels": n, "z_per_label": k})))
 }
 
 /// Style-guided synthesis (the paper's Figure 1, right): the first 4 validation labels, each
@@ -404,7 +404,7 @@ fn style_guided(
     let mut blank = styles[0].clone();
     blank.label.data.iter_mut().for_each(|v| *v = u32::MAX);
     rows.insert(0, (blank, style_imgs));
-    crate::run::save_multimodal(&dir.join("style_guided.png"), &rows)?;
+    crate::run::save_multimodal(&dir.join(eval_samples::STYLE_GUIDED), &rows)?;
     Ok(())
 }
 
@@ -442,7 +442,7 @@ pub fn evaluate_generated(
     fid: Option<FidNet>,
     device: &Device,
     out: &Path,
-) -> Result<serde_json::Value> {
+) -> Result<GeneratedMetrics> {
     let mut data = data.clone();
     data.phase = Phase::Val;
     data.is_train = Some(false);
@@ -491,16 +491,16 @@ pub fn evaluate_generated(
         scorer.add(&fake, &real, &labels)?;
     }
     let p = &resolved.preprocess;
-    let metrics = serde_json::json!({
-        "generated": generated.display().to_string(),
-        "images": scorer.images(),
-        "dataset": {"mode": resolved.dataset_mode.cli_name(), "root": resolved.dataroot.display().to_string(), "split": "val",
+    let metrics = GeneratedMetrics {
+        generated: generated.display().to_string(),
+        images: scorer.images(),
+        dataset: serde_json::json!({"mode": resolved.dataset_mode.cli_name(), "root": resolved.dataroot.display().to_string(), "split": "val",
             "label_nc": resolved.label_nc, "contain_dontcare_label": resolved.contain_dontcare_label,
             "preprocess": {"mode": format!("{:?}", p.mode), "load_size": p.load_size, "crop_size": p.crop_size, "aspect_ratio": p.aspect_ratio},
-            "pairing": "generated file stem = label (or photo) file stem"},
-        "segmentation": scorer.segmentation_json(),
-        "fid": scorer.fid_json(&format!("the {} paired validation photos after the same preprocessing", scorer.images()))?,
-    });
+            "pairing": "generated file stem = label (or photo) file stem"}),
+        segmentation: scorer.segmentation(),
+        fid: scorer.fid(&format!("the {} paired validation photos after the same preprocessing", scorer.images()))?,
+    };
     write_json(out, &metrics)?;
     Ok(metrics)
 }

@@ -2,6 +2,7 @@
 //! optimisers with exposed state, checkpoints and resume.
 pub mod config;
 pub mod evaluate;
+pub mod layout;
 pub mod optim;
 pub mod protocol;
 pub mod run;

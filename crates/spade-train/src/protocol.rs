@@ -783,16 +783,13 @@ impl EvalSetup {
 
     /// Writes [`EvalSetup::to_json`] to `RUN/eval_protocol.json`.
     pub fn write(&self, run: &Path) -> Result<PathBuf> {
-        let path = run.join(EVAL_PROTOCOL_FILE);
+        let path = crate::layout::RunDir::new(run).eval_protocol();
         let text = serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialise");
         spade_io::atomic::write_atomic(&path, |f| std::io::Write::write_all(f, text.as_bytes()))
             .map_err(crate::run::TrainError::from)?;
         Ok(path)
     }
 }
-
-/// The file in a run directory that records its evaluation setup.
-pub const EVAL_PROTOCOL_FILE: &str = "eval_protocol.json";
 
 #[cfg(test)]
 mod tests {

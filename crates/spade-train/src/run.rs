@@ -1,6 +1,7 @@
 //! A training run: the loop, learning-rate schedule, checkpoints (atomic, resumable), loss log,
 //! sample grids and progress bar. Everything a run produces lives in its directory.
 use crate::config::{ConfigError, ExperimentConfig};
+use crate::layout::{checkpoint, FileHash, LossRecord, RunDir, RunInfo};
 use crate::trainer::{LossOptions, Nets, OptimOptions, Trainer};
 use candle_core::{DType, Device, Tensor};
 use spade_data::{BatchLoader, LoaderOptions, Sample};
@@ -193,9 +194,9 @@ fn store_to_file(store: &ParamStore, path: &Path) -> Result<()> {
 /// Writes a checkpoint directory atomically (temporary directory, then rename), then points
 /// `latest` at it, then removes all but the two newest checkpoints.
 fn write_checkpoint(run: &Path, tr: &Trainer, state: &CheckpointState, cfg_yaml: &str) -> Result<PathBuf> {
-    let ckdir = run.join("checkpoints");
+    let ckdir = RunDir::new(run).checkpoints();
     std::fs::create_dir_all(&ckdir).map_err(|e| file_err(&ckdir, e))?;
-    let name = format!("iter_{:08}", state.iteration);
+    let name = checkpoint::name(state.iteration);
     let tmp = ckdir.join(format!(".tmp_{name}"));
     // Non-finite weights never become the last good checkpoint.
     crate::rundir::check_finite("G", &tr.nets.g_store.state_dict(), &ckdir.join(&name))?;
@@ -207,31 +208,31 @@ fn write_checkpoint(run: &Path, tr: &Trainer, state: &CheckpointState, cfg_yaml:
     }
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
-    store_to_file(&tr.nets.g_store, &tmp.join("latest_net_G.safetensors"))?;
+    store_to_file(&tr.nets.g_store, &tmp.join(checkpoint::NET_G))?;
     if tr.has_discriminator() {
-        store_to_file(&tr.nets.d_store, &tmp.join("latest_net_D.safetensors"))?;
+        store_to_file(&tr.nets.d_store, &tmp.join(checkpoint::NET_D))?;
     }
     if let Some((_, s)) = &tr.nets.e {
-        store_to_file(s, &tmp.join("latest_net_E.safetensors"))?;
+        store_to_file(s, &tmp.join(checkpoint::NET_E))?;
     }
-    spade_io::checkpoint::save_safetensors(&tmp.join("optim_G.safetensors"), &tr.opt_g.state()?)?;
+    spade_io::checkpoint::save_safetensors(&tmp.join(checkpoint::OPTIM_G), &tr.opt_g.state()?)?;
     if tr.has_discriminator() {
-        spade_io::checkpoint::save_safetensors(&tmp.join("optim_D.safetensors"), &tr.opt_d.state()?)?;
+        spade_io::checkpoint::save_safetensors(&tmp.join(checkpoint::OPTIM_D), &tr.opt_d.state()?)?;
     }
     let write = |p: PathBuf, text: String| -> Result<()> {
         spade_io::atomic::write_atomic(&p, |f| f.write_all(text.as_bytes()))?;
         Ok(())
     };
-    write(tmp.join("opt.txt"), tr.opt.to_opt_text())?;
-    write(tmp.join("config.yaml"), cfg_yaml.to_string())?;
-    write(tmp.join("state.json"), serde_json::to_string_pretty(state).expect("state"))?;
+    write(tmp.join(checkpoint::OPT_TXT), tr.opt.to_opt_text())?;
+    write(tmp.join(checkpoint::CONFIG), cfg_yaml.to_string())?;
+    write(tmp.join(checkpoint::STATE), serde_json::to_string_pretty(state).expect("state"))?;
     let dest = ckdir.join(&name);
     crate::rundir::sync_dir(&tmp)?;
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest).map_err(|e| file_err(&dest, e))?;
     // The checkpoint's rename is durable before `latest` names it.
     crate::rundir::sync_dir(&ckdir)?;
-    write(run.join("latest"), name.clone())?;
+    write(RunDir::new(run).latest(), name.clone())?;
     crate::rundir::prune_checkpoints(run, &name)?;
     Ok(dest)
 }
@@ -242,18 +243,18 @@ fn load_checkpoint(dir: &Path, tr: &mut Trainer) -> Result<CheckpointState> {
         store.load_values(&t)?;
         Ok(())
     };
-    load(&tr.nets.g_store, "latest_net_G.safetensors")?;
+    load(&tr.nets.g_store, checkpoint::NET_G)?;
     if tr.has_discriminator() {
-        load(&tr.nets.d_store, "latest_net_D.safetensors")?;
+        load(&tr.nets.d_store, checkpoint::NET_D)?;
     }
     if let Some((_, s)) = &tr.nets.e {
-        load(s, "latest_net_E.safetensors")?;
+        load(s, checkpoint::NET_E)?;
     }
-    tr.opt_g.load_state(&spade_io::checkpoint::load_state_dict(&dir.join("optim_G.safetensors"))?)?;
+    tr.opt_g.load_state(&spade_io::checkpoint::load_state_dict(&dir.join(checkpoint::OPTIM_G))?)?;
     if tr.has_discriminator() {
-        tr.opt_d.load_state(&spade_io::checkpoint::load_state_dict(&dir.join("optim_D.safetensors"))?)?;
+        tr.opt_d.load_state(&spade_io::checkpoint::load_state_dict(&dir.join(checkpoint::OPTIM_D))?)?;
     }
-    let p = dir.join("state.json");
+    let p = dir.join(checkpoint::STATE);
     let text = std::fs::read_to_string(&p).map_err(|e| file_err(&p, e))?;
     serde_json::from_str(&text).map_err(|e| file_err(&p, e))
 }
@@ -329,12 +330,13 @@ fn save_grid_n(path: &Path, samples: &[Sample], fake: &Tensor, n: usize) -> Resu
 /// Runs (or resumes) training as the config says.
 pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let run = &ro.output_dir;
+    let rd = RunDir::new(run);
     std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
     // One run per directory; then whatever a killed run left half-written goes.
     let _lock = crate::rundir::RunLock::acquire(run)?;
     crate::rundir::sweep_stale_temps(run)?;
     let cfg_yaml = cfg.to_yaml();
-    let cfg_path = run.join("config.yaml");
+    let cfg_path = rd.config();
     if ro.resume {
         if let Ok(old) = std::fs::read_to_string(&cfg_path) {
             if old != cfg_yaml {
@@ -356,7 +358,7 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let t = &cfg.train;
     let nets = Nets::fresh_with(&opt, t.seed, &ro.device, !cfg.model.no_encoder)?;
     let vgg = load_vgg(cfg, &ro.device)?;
-    let vgg_info = vgg.as_ref().map(|(_, p, h)| serde_json::json!({"file": p.display().to_string(), "sha256": h}));
+    let vgg_info = vgg.as_ref().map(|(_, p, h)| FileHash { file: p.display().to_string(), sha256: h.clone() });
     let vgg = vgg.map(|(v, _, _)| v);
     let optim = OptimOptions { lr: t.lr, beta1: t.beta1, beta2: t.beta2, no_ttur: t.no_TTUR };
     let mut tr = Trainer::new(opt.clone(), loss_options(cfg)?, optim, nets, vgg, t.seed)?;
@@ -381,20 +383,17 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         start = st.iteration;
         last_ck = dir.display().to_string();
     }
-    let run_info = serde_json::json!({
-        "config": cfg_path.file_name().unwrap().to_string_lossy(),
-        "seed": t.seed,
-        "git_revision": git_revision(),
-        "device": format!("{:?}", ro.device),
-        "vgg_loss": !cfg.loss.no_vgg_loss,
-        "objective": tr.objective(),
-        "discriminator": tr.has_discriminator(),
-        "vgg_weights": vgg_info,
-        "parameters_G": tr.nets.g_store.num_params(),
-        "parameters_D": tr.nets.d_store.num_params(),
-    });
-    spade_io::atomic::write_atomic(&run.join("run.json"), |f| {
-        f.write_all(serde_json::to_string_pretty(&run_info).unwrap().as_bytes())
+    rd.write_run_info(&RunInfo {
+        config: RunDir::CONFIG.into(),
+        seed: t.seed,
+        git_revision: git_revision(),
+        device: format!("{:?}", ro.device),
+        vgg_loss: !cfg.loss.no_vgg_loss,
+        objective: tr.objective(),
+        discriminator: tr.has_discriminator(),
+        vgg_weights: vgg_info,
+        parameters_g: tr.nets.g_store.num_params(),
+        parameters_d: tr.nets.d_store.num_params(),
     })?;
 
     let dataset = spade_data::open(&cfg.data)?;
@@ -417,12 +416,12 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     }
 
     // Loss log: keep the lines of iterations before the resume point.
-    let log_path = run.join("losses.jsonl");
+    let log_path = rd.losses();
     // (Complete lines only: a killed run's partial last line is dropped; replaced atomically.)
     let kept = crate::rundir::read_log_before(&log_path, start);
     spade_io::atomic::write_atomic(&log_path, |f| f.write_all(kept.as_bytes()))?;
     let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| file_err(&log_path, e))?;
-    std::fs::create_dir_all(run.join("samples")).map_err(|e| file_err(run, e))?;
+    std::fs::create_dir_all(rd.samples()).map_err(|e| file_err(run, e))?;
 
     let bar = match (&ro.job, ro.progress) {
         (Some(job), true) => job.multi.add(indicatif::ProgressBar::new(total as u64)),
@@ -465,13 +464,15 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
                 checkpoint: last_ck,
             });
         }
-        let line = serde_json::json!({
-            "iter": it, "epoch": epoch, "lr": lr,
-            "losses": losses.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-            "elapsed_s": t0.elapsed().as_secs_f64(),
-            "l1_fake_real": l1,
-        });
-        crate::rundir::append_line(&mut log, &log_path, &line.to_string())?;
+        let line = LossRecord {
+            iter: it,
+            epoch,
+            lr,
+            losses: losses.iter().cloned().collect(),
+            elapsed_s: t0.elapsed().as_secs_f64(),
+            l1_fake_real: l1,
+        };
+        crate::rundir::append_line(&mut log, &log_path, &serde_json::to_string(&line).expect("a loss record"))?;
         bar.set_message(losses.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(" "));
         bar.inc(1);
         let done = it + 1;
@@ -480,9 +481,9 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
         }
         if let Some(f) = &fake {
             if t.display_freq > 0 && (done % t.display_freq == 0 || done == total) {
-                save_grid(&run.join("samples").join(format!("iter_{done:08}.png")), &batch.samples, f)?;
+                save_grid(&rd.samples().join(format!("{}.png", checkpoint::name(done))), &batch.samples, f)?;
                 let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                spade_synth::page::write_samples_page(&run.join("samples"), &name).map_err(|e| file_err(run, e))?;
+                spade_synth::page::write_samples_page(&rd.samples(), &name).map_err(|e| file_err(run, e))?;
             }
         }
         last_losses = losses;

@@ -6,14 +6,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::layout::{checkpoint, RunDir};
 use crate::run::{Result, TrainError};
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::File { path: path.to_path_buf(), message: e.to_string() }
 }
-
-/// The lock file inside a run directory.
-pub const LOCK_FILE: &str = ".lock";
 
 /// An exclusive lock on a run directory (an OS file lock on `RUN/.lock`, released when this
 /// value is dropped or the process dies, SIGKILL included). The file holds the holder's PID.
@@ -27,7 +25,7 @@ impl RunLock {
     /// Takes the lock of `run` (created if needed), or fails naming the process that holds it.
     pub fn acquire(run: &Path) -> Result<RunLock> {
         std::fs::create_dir_all(run).map_err(|e| file_err(run, e))?;
-        let path = run.join(LOCK_FILE);
+        let path = RunDir::new(run).lock();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -89,7 +87,7 @@ fn is_stale_temp(name: &str) -> bool {
 /// lock held: no other process can be writing them). Returns what was removed.
 pub fn sweep_stale_temps(run: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for dir in [run.to_path_buf(), run.join("checkpoints")] {
+    for dir in [run.to_path_buf(), RunDir::new(run).checkpoints()] {
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
@@ -112,12 +110,12 @@ pub fn sweep_stale_temps(run: &Path) -> Result<Vec<PathBuf>> {
 /// Whether `dir` is a complete checkpoint (written under a temporary name and renamed only
 /// once complete; `state.json` is its last file).
 fn is_complete(dir: &Path) -> bool {
-    dir.join("state.json").is_file() && dir.join("latest_net_G.safetensors").is_file()
+    dir.join(checkpoint::STATE).is_file() && dir.join(checkpoint::NET_G).is_file()
 }
 
 /// The `iter_*` checkpoint directory names of a run, oldest first.
 pub fn checkpoint_names(run: &Path) -> Vec<String> {
-    let mut all: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+    let mut all: Vec<String> = std::fs::read_dir(RunDir::new(run).checkpoints())
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
@@ -142,11 +140,11 @@ pub struct Latest {
 /// Resolves `RUN/latest`; when it is missing or names no complete checkpoint, falls back to
 /// the newest complete `checkpoints/iter_*` (with a note saying so). None when there is none.
 pub fn resolve_latest(run: &Path) -> Option<Latest> {
-    let pointer = run.join("latest");
+    let pointer = RunDir::new(run).latest();
     let why = match std::fs::read_to_string(&pointer) {
         Ok(name) => {
             let name = name.trim();
-            let dir = run.join("checkpoints").join(name);
+            let dir = RunDir::new(run).checkpoint(name);
             if !name.is_empty() && !name.contains('/') && is_complete(&dir) {
                 return Some(Latest { dir, fallback: None });
             }
@@ -155,7 +153,7 @@ pub fn resolve_latest(run: &Path) -> Option<Latest> {
         Err(_) => format!("{} is missing", pointer.display()),
     };
     let newest =
-        checkpoint_names(run).into_iter().rev().map(|n| run.join("checkpoints").join(n)).find(|d| is_complete(d))?;
+        checkpoint_names(run).into_iter().rev().map(|n| RunDir::new(run).checkpoint(&n)).find(|d| is_complete(d))?;
     let note = format!("{why}; using the newest complete checkpoint {}", newest.display());
     Some(Latest { dir: newest, fallback: Some(note) })
 }
@@ -175,7 +173,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Removes old checkpoints: keeps the one `latest` names (`keep`), everything newer than it,
 /// and the newest one older than it; removes the rest.
 pub fn prune_checkpoints(run: &Path, keep: &str) -> Result<Vec<String>> {
-    let ckdir = run.join("checkpoints");
+    let ckdir = RunDir::new(run).checkpoints();
     let older: Vec<String> = checkpoint_names(run).into_iter().filter(|n| n.as_str() < keep).collect();
     let mut removed = Vec::new();
     for old in older.iter().rev().skip(1) {

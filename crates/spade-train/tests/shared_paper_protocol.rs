@@ -14,7 +14,7 @@ use spade_metrics::segnet;
 use spade_train::config::ExperimentConfig;
 use spade_train::evaluate::{evaluate_run, FidNet};
 use spade_train::protocol::{
-    eval_label_size, resolve_evaluation, EvalFlags, FidRequirement, ProtocolError, SegmenterKind, EVAL_PROTOCOL_FILE,
+    eval_label_size, resolve_evaluation, EvalFlags, FidRequirement, ProtocolError, SegmenterKind,
 };
 use spade_train::run::{train, RunOptions};
 
@@ -119,7 +119,8 @@ fn coco_sample_smoke_run_is_scored_with_the_papers_segmenter_and_fid() {
     assert_eq!(m["samples"], 4);
 
     let p: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join(EVAL_PROTOCOL_FILE)).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(spade_train::layout::RunDir::new(&run).eval_protocol()).unwrap())
+            .unwrap();
     assert_eq!(p["test_weights"], true);
     assert_eq!(p["fid_weights"]["released_weights"], false);
     assert_eq!(p["segmenter_weights"][0]["released_weights"], false);
