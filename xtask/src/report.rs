@@ -20,7 +20,7 @@ pub struct Args {
     pub profile: String,
     /// The dataset whose runs are reported.
     #[arg(long, default_value = "synthetic")]
-    pub dataset: String,
+    pub dataset: spade_data::DatasetMode,
     /// Seeds per row (default: the profile's).
     #[arg(long)]
     pub seeds: Option<usize>,
@@ -28,7 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let t = load_table(&args.table)?;
-    let mut ra = crate::reproduce::Args::for_report(&args.table, &args.profile, &args.dataset);
+    let mut ra = crate::reproduce::Args::for_report(&args.table, &args.profile, args.dataset);
     ra.seeds = args.seeds;
     build(&t, &ra)
 }
@@ -871,7 +871,7 @@ rows:
 
     /// Writes a finished run where the store expects `row`'s `seed`.
     fn write_run(root: &Path, t: &TableFile, row: &str, seed: u64, miou: f64, fd: f64) {
-        let args = crate::reproduce::Args::for_report("t1", "smoke", "synthetic");
+        let args = crate::reproduce::Args::for_report("t1", "smoke", spade_data::DatasetMode::Synthetic);
         let profile = &t.profiles["smoke"];
         let row = t.rows.iter().find(|r| r.id == row).unwrap();
         let (dir, cfg) = run_dir_for_in(root, t, profile, row, &args, seed).unwrap();
@@ -946,7 +946,7 @@ rows:
             write_run(root.path(), &t, "crn", seed as u64, a, 20.0 + seed as f64);
             write_run(root.path(), &t, "spade", seed as u64, b, 10.0 + seed as f64);
         }
-        let args = crate::reproduce::Args::for_report("t1", "smoke", "synthetic");
+        let args = crate::reproduce::Args::for_report("t1", "smoke", spade_data::DatasetMode::Synthetic);
         build_in(root.path(), &t, &args).unwrap();
         let path = root.path().join("reports/t1-smoke.csv");
         let df = CsvReadOptions::default()

@@ -8,6 +8,7 @@
 //! one run. Each run's `row.json` ([`RowInfo`]) records the code revision it was made at.
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use spade_data::DatasetMode;
 use spade_train::config::ExperimentConfig;
 use spade_train::evaluate::evaluate_run;
 use spade_train::layout::{RowInfo, RunDir};
@@ -26,7 +27,7 @@ pub struct Args {
     pub profile: String,
     /// synthetic (built in), coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder.
     #[arg(long, default_value = "synthetic")]
-    pub dataset: String,
+    pub dataset: DatasetMode,
     #[arg(long)]
     pub data_root: Option<PathBuf>,
     /// Only these rows (comma-separated ids).
@@ -52,11 +53,11 @@ pub struct Args {
 
 impl Args {
     /// The arguments of a report over the runs on disk.
-    pub fn for_report(table: &str, profile: &str, dataset: &str) -> Self {
+    pub fn for_report(table: &str, profile: &str, dataset: DatasetMode) -> Self {
         Args {
             table: table.into(),
             profile: profile.into(),
-            dataset: dataset.into(),
+            dataset,
             data_root: None,
             rows: Vec::new(),
             fresh: false,
@@ -199,19 +200,9 @@ pub fn load_table(name: &str) -> Result<TableFile> {
 pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args, seed: u64) -> Result<ExperimentConfig> {
     let base = serde_yaml_ng::to_string(&t.base)?;
     let mut sets = profile.set.clone();
-    if args.dataset != "synthetic" {
-        let mode = match args.dataset.as_str() {
-            "coco-stuff" | "coco" => "coco",
-            "ade20k" => "ade20k",
-            "ade20k-outdoor" | "ade20k_outdoor" => "ade20k_outdoor",
-            "cityscapes" => "cityscapes",
-            "folder" | "custom" => "custom",
-            other => {
-                bail!("--dataset {other}: expected synthetic, coco-stuff, ade20k, ade20k-outdoor, cityscapes or folder")
-            }
-        };
+    if args.dataset != DatasetMode::Synthetic {
         let root = args.data_root.as_ref().context("--dataset needs --data-root")?;
-        sets.push(format!("data.dataset_mode={mode}"));
+        sets.push(format!("data.dataset_mode={}", args.dataset.config_name()));
         sets.push(format!("data.dataroot={}", root.display()));
         sets.retain(|s| !s.starts_with("data.synthetic_"));
     }
@@ -229,7 +220,7 @@ pub fn row_config(t: &TableFile, profile: &Profile, row: &Row, args: &Args, seed
 
 /// The dataset name used in run and report paths.
 pub fn dataset_key(args: &Args) -> String {
-    args.dataset.clone()
+    args.dataset.cli_name().to_string()
 }
 
 /// The seeds of a job: `--seeds`, else the profile's.

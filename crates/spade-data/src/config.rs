@@ -9,31 +9,47 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, Result};
 
 /// `dataset_mode`: which on-disk layout to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DatasetMode {
     /// COCO-Stuff: `{train,val}_{img,label,inst}/` or `train2017/` + `stuffthingmaps_trainval2017/`.
-    #[serde(rename = "coco", alias = "coco-stuff", alias = "coco_stuff")]
     Coco,
     /// ADE20K: `ADEChallengeData2016/{images,annotations}/{training,validation}/`.
-    #[serde(rename = "ade20k")]
     Ade20k,
     /// ADE20K-outdoor: the ADE20K images whose scene category (`sceneCategories.txt`) is
     /// outdoor ([`crate::ade20k_outdoor`]); same layout, classes and label mapping as ADE20K.
-    #[serde(rename = "ade20k_outdoor", alias = "ade20k-outdoor")]
     Ade20kOutdoor,
     /// Cityscapes: `leftImg8bit/` + `gtFine/`.
-    #[serde(rename = "cityscapes")]
     Cityscapes,
     /// Custom folders (the reference's `custom`): images, labels, optional instances, by stem.
-    #[serde(rename = "custom", alias = "folder")]
     Custom,
     /// The built-in procedural dataset; reads no files.
-    #[serde(rename = "synthetic")]
     Synthetic,
 }
 
 impl DatasetMode {
-    /// The name used by `spade dataset check --format`.
+    pub const ALL: [DatasetMode; 6] = [
+        DatasetMode::Coco,
+        DatasetMode::Ade20k,
+        DatasetMode::Ade20kOutdoor,
+        DatasetMode::Cityscapes,
+        DatasetMode::Custom,
+        DatasetMode::Synthetic,
+    ];
+
+    /// The reference's `dataset_mode` value, written in configs.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            DatasetMode::Coco => "coco",
+            DatasetMode::Ade20k => "ade20k",
+            DatasetMode::Ade20kOutdoor => "ade20k_outdoor",
+            DatasetMode::Cityscapes => "cityscapes",
+            DatasetMode::Custom => "custom",
+            DatasetMode::Synthetic => "synthetic",
+        }
+    }
+
+    /// The name on the command line (`--dataset`, `spade dataset check --format`) and in
+    /// report and run-store paths.
     pub fn cli_name(self) -> &'static str {
         match self {
             DatasetMode::Coco => "coco-stuff",
@@ -57,6 +73,21 @@ impl fmt::Display for DatasetMode {
     }
 }
 
+/// Configs hold the reference's name; any alias of [`FromStr`] reads.
+impl Serialize for DatasetMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.config_name())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Every name and alias of a dataset, in one place.
 impl FromStr for DatasetMode {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {

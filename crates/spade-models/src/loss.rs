@@ -30,6 +30,16 @@ impl GanMode {
             }),
         }
     }
+
+    /// The `gan_mode` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hinge => "hinge",
+            Self::Ls => "ls",
+            Self::Original => "original",
+            Self::W => "w",
+        }
+    }
 }
 
 fn single(pred: &Tensor, real: bool, for_d: bool, mode: GanMode) -> candle_core::Result<Tensor> {

@@ -79,6 +79,41 @@ impl SpadeNorm {
     }
 }
 
+/// Serde, `FromStr` and `Display` for a kind enum through its `parse` (names and aliases, with
+/// the error that lists them) and `as_str` (the canonical name): configs deserialize straight
+/// into the enum, and write the canonical name back.
+#[macro_export]
+macro_rules! kind_by_name {
+    ($t:ty) => {
+        impl std::str::FromStr for $t {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+                <$t>::parse(s)
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                <$t>::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+kind_by_name!(Upsampling);
+kind_by_name!(GeneratorKind);
+kind_by_name!(crate::loss::GanMode);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upsampling {
     Normal,
@@ -163,6 +198,16 @@ impl GeneratorKind {
     /// by regression alone.
     pub fn uses_discriminator(self) -> bool {
         self != Self::Crn
+    }
+
+    /// How many VGG19 convolutions its perceptual loss runs: CRN's reads conv5_2, one conv
+    /// further than SPADE's relu5_1.
+    pub fn vgg_convs(self) -> usize {
+        if self == Self::Crn {
+            14
+        } else {
+            13
+        }
     }
 
     /// Whether norm_G is a SPADE string (`spectralspadesyncbatch3x3`) rather than a plain one.

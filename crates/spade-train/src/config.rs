@@ -1,7 +1,9 @@
 //! Experiment configuration: the YAML sections `data`, `model`, `loss`, `train`, `eval`, with
 //! the reference's flag names where one exists. Unknown keys are errors.
+use crate::trainer::{LossOptions, OptimOptions};
 use serde::{Deserialize, Serialize};
 use spade_data::DatasetConfig;
+use spade_models::loss::GanMode;
 use spade_models::options::{GeneratorKind, NetOptions, Upsampling};
 use std::path::{Path, PathBuf};
 
@@ -40,8 +42,8 @@ pub struct ExperimentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `spade` or `pix2pixhd`.
-    pub netG: String,
+    /// The generator (`spade`, `pix2pixhd`, ...: [`GeneratorKind`]).
+    pub netG: GeneratorKind,
     pub ngf: usize,
     pub ndf: usize,
     pub norm_G: String,
@@ -51,7 +53,7 @@ pub struct ModelConfig {
     /// With use_vae: train without the style encoder, z ~ N(0, 1) (Table 4's noise input).
     pub no_encoder: bool,
     pub z_dim: usize,
-    pub num_upsampling_layers: String,
+    pub num_upsampling_layers: Upsampling,
     pub num_D: usize,
     pub n_layers_D: usize,
     pub resnet_n_downsample: usize,
@@ -65,7 +67,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         let o = NetOptions::default();
         Self {
-            netG: "spade".into(),
+            netG: o.net_g,
             ngf: o.ngf,
             ndf: o.ndf,
             norm_G: o.norm_g,
@@ -74,7 +76,7 @@ impl Default for ModelConfig {
             use_vae: o.use_vae,
             no_encoder: false,
             z_dim: o.z_dim,
-            num_upsampling_layers: "normal".into(),
+            num_upsampling_layers: o.num_upsampling_layers,
             num_D: o.num_d,
             n_layers_D: o.n_layers_d,
             resnet_n_downsample: o.resnet_n_downsample,
@@ -91,7 +93,7 @@ impl Default for ModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     /// `hinge`, `ls`, `original` or `w`.
-    pub gan_mode: String,
+    pub gan_mode: GanMode,
     pub lambda_feat: f64,
     pub lambda_vgg: f64,
     pub lambda_kld: f64,
@@ -109,13 +111,15 @@ pub struct LossConfig {
 }
 
 impl Default for LossConfig {
+    /// The trainer's defaults ([`LossOptions`]), with the VGG loss on.
     fn default() -> Self {
+        let o = LossOptions::default();
         Self {
-            gan_mode: "hinge".into(),
-            lambda_feat: 10.0,
-            lambda_vgg: 10.0,
-            lambda_kld: 0.05,
-            no_ganFeat_loss: false,
+            gan_mode: o.gan_mode,
+            lambda_feat: o.lambda_feat,
+            lambda_vgg: o.lambda_vgg,
+            lambda_kld: o.lambda_kld,
+            no_ganFeat_loss: o.no_gan_feat_loss,
             no_vgg_loss: false,
             vgg_weights: None,
             vgg_weights_hub: None,
@@ -150,12 +154,14 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
+    /// The optimiser's defaults from [`OptimOptions`]; the schedule's are the reference's.
     fn default() -> Self {
+        let o = OptimOptions::default();
         Self {
-            lr: 2e-4,
-            beta1: 0.0,
-            beta2: 0.9,
-            no_TTUR: false,
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            no_TTUR: o.no_ttur,
             batch_size: 1,
             accumulate: 1,
             niter: 50,
@@ -186,6 +192,26 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         Self { num_samples: 64, batch_size: 4, uniform_z: 3, diversity_labels: 16, diversity_z: 4 }
+    }
+}
+
+impl LossConfig {
+    /// The trainer's loss options.
+    pub fn options(&self) -> LossOptions {
+        LossOptions {
+            gan_mode: self.gan_mode,
+            lambda_feat: self.lambda_feat,
+            lambda_vgg: self.lambda_vgg,
+            lambda_kld: self.lambda_kld,
+            no_gan_feat_loss: self.no_ganFeat_loss,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The optimiser's options.
+    pub fn optim(&self) -> OptimOptions {
+        OptimOptions { lr: self.lr, beta1: self.beta1, beta2: self.beta2, no_ttur: self.no_TTUR }
     }
 }
 
@@ -234,7 +260,7 @@ impl ExperimentConfig {
     pub fn net_options(&self) -> Result<NetOptions, ConfigError> {
         let data = self.data.resolve()?;
         let m = &self.model;
-        let net_g = GeneratorKind::parse(&m.netG)?;
+        let net_g = m.netG;
         let o = NetOptions {
             net_g,
             label_nc: data.label_nc,
@@ -250,7 +276,7 @@ impl ExperimentConfig {
             z_dim: m.z_dim,
             crop_size: data.preprocess.crop_size,
             aspect_ratio: data.preprocess.aspect_ratio,
-            num_upsampling_layers: Upsampling::parse(&m.num_upsampling_layers)?,
+            num_upsampling_layers: m.num_upsampling_layers,
             resnet_n_downsample: m.resnet_n_downsample,
             resnet_n_blocks: m.resnet_n_blocks,
             resnet_kernel_size: m.resnet_kernel_size,

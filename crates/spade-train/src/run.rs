@@ -2,11 +2,10 @@
 //! sample grids and progress bar. Everything a run produces lives in its directory.
 use crate::config::{ConfigError, ExperimentConfig};
 use crate::layout::{checkpoint, FileHash, LossRecord, RunDir, RunInfo};
-use crate::trainer::{LossOptions, Nets, OptimOptions, Trainer};
+use crate::trainer::{Nets, Trainer};
 use candle_core::{DType, Device, Tensor};
 use spade_data::{BatchLoader, LoaderOptions, Sample};
-use spade_models::loss::{GanMode, Vgg19};
-use spade_models::options::GeneratorKind;
+use spade_models::loss::Vgg19;
 use spade_models::{NetOptions, ParamStore, SemanticsSpec};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -140,16 +139,6 @@ pub fn batch_tensors(samples: &[Sample], spec: &SemanticsSpec, device: &Device) 
     Ok((sem, real))
 }
 
-fn loss_options(cfg: &ExperimentConfig) -> Result<LossOptions> {
-    Ok(LossOptions {
-        gan_mode: GanMode::parse(&cfg.loss.gan_mode)?,
-        lambda_feat: cfg.loss.lambda_feat,
-        lambda_vgg: cfg.loss.lambda_vgg,
-        lambda_kld: cfg.loss.lambda_kld,
-        no_gan_feat_loss: cfg.loss.no_ganFeat_loss,
-    })
-}
-
 /// VGG19 for the perceptual loss, from `loss.vgg_weights` or the hub cache
 /// (`loss.vgg_weights_hub`); returns it with the weights file and its SHA-256.
 fn load_vgg(cfg: &ExperimentConfig, device: &Device) -> Result<Option<(Vgg19, PathBuf, String)>> {
@@ -181,9 +170,7 @@ fn load_vgg(cfg: &ExperimentConfig, device: &Device) -> Result<Option<(Vgg19, Pa
     // Only the convs up to relu5_1 are used; classifier weights in the file are ignored.
     let tensors: Vec<_> = tensors.into_iter().filter(|(k, _)| k.starts_with("features.")).collect();
     let store = ParamStore::from_state_dict(tensors, DType::F32, device).frozen();
-    // CRN's loss reads conv5_2, one conv further than SPADE's relu5_1.
-    let convs = if cfg.model.netG == GeneratorKind::Crn.as_str() { 14 } else { 13 };
-    let vgg = Vgg19::with_convs(&store.root(), convs).map_err(|e| file_err(&path, e))?;
+    let vgg = Vgg19::with_convs(&store.root(), cfg.model.netG.vgg_convs()).map_err(|e| file_err(&path, e))?;
     Ok(Some((vgg, path, sha256)))
 }
 
@@ -360,8 +347,7 @@ pub fn train(cfg: &ExperimentConfig, ro: &RunOptions) -> Result<RunSummary> {
     let vgg = load_vgg(cfg, &ro.device)?;
     let vgg_info = vgg.as_ref().map(|(_, p, h)| FileHash { file: p.display().to_string(), sha256: h.clone() });
     let vgg = vgg.map(|(v, _, _)| v);
-    let optim = OptimOptions { lr: t.lr, beta1: t.beta1, beta2: t.beta2, no_ttur: t.no_TTUR };
-    let mut tr = Trainer::new(opt.clone(), loss_options(cfg)?, optim, nets, vgg, t.seed)?;
+    let mut tr = Trainer::new(opt.clone(), cfg.loss.options(), t.optim(), nets, vgg, t.seed)?;
     if t.accumulate > 1 && t.batch_size % t.accumulate != 0 {
         return Err(file_err(
             &cfg_path,

@@ -225,7 +225,7 @@ impl Trainer {
                 None => "L1 pixel regression (no VGG19 weights, so not CRN's perceptual loss; no discriminator)".into(),
             };
         }
-        let mut parts = vec![format!("GAN ({})", format!("{:?}", self.loss.gan_mode).to_lowercase())];
+        let mut parts = vec![format!("GAN ({})", self.loss.gan_mode)];
         if !self.loss.no_gan_feat_loss {
             parts.push("feature matching".into());
         }
