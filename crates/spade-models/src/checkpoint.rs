@@ -52,6 +52,19 @@ impl Generator {
     pub fn uses_z(&self) -> bool {
         matches!(self, Generator::Spade(g) if g.uses_z())
     }
+
+    /// Inference on a batch of semantics: with z ~ N(0, 1) drawn from `seed` (one row of
+    /// `z_dim` per sample) when the generator takes z, deterministic otherwise.
+    pub fn generate(&self, seg: &Tensor, z_dim: usize, seed: u64) -> candle_core::Result<Tensor> {
+        use rand::SeedableRng;
+        let z = if self.uses_z() {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            Some(crate::networks::encoder::randn(&mut rng, (seg.dim(0)?, z_dim), seg.device())?)
+        } else {
+            None
+        };
+        self.forward_t(seg, z.as_ref(), false)
+    }
 }
 
 /// Builds a network with `build` from the state_dict in `path`, checking that every tensor the

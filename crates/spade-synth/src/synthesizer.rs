@@ -3,7 +3,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
-use rand_distr::Distribution;
 use spade_data::resample::{resize_bicubic, resize_nearest, Plane};
 use spade_data::{LabelMap, RgbImage};
 use spade_models::checkpoint::{load_network, Generator};
@@ -175,9 +174,7 @@ impl Synthesizer {
     }
 
     fn randn(&self, k: usize, rng: &mut StdRng) -> Result<Tensor> {
-        let d = rand_distr::StandardNormal;
-        let v: Vec<f32> = (0..k).map(|_| d.sample(rng)).collect();
-        Ok(Tensor::from_vec(v, (1, k), &self.device)?)
+        Ok(spade_models::networks::encoder::randn(rng, (1, k), &self.device)?)
     }
 }
 

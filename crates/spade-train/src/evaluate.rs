@@ -201,8 +201,7 @@ pub fn evaluate_run(
         let mut batch = batch?;
         batch.samples.truncate(n - done);
         let (sem, real) = crate::run::batch_tensors(&batch.samples, &spec, device)?;
-        let z = if g.uses_z() { Some(sample_z(sem.dim(0)?, opt.z_dim, done as u64, device)?) } else { None };
-        let fake = g.forward_t(&sem, z.as_ref(), false)?;
+        let fake = g.generate(&sem, opt.z_dim, done as u64)?;
         l1_sum += (&fake - &real)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64 * sem.dim(0)? as f64;
         l1_n += sem.dim(0)?;
         if done == 0 {
@@ -245,15 +244,6 @@ pub fn evaluate_run(
     };
     rd.write_metrics(&metrics)?;
     Ok(metrics)
-}
-
-/// `n` samples of z ~ N(0, 1) from `seed`, `(n, z_dim)`.
-pub fn sample_z(n: usize, z_dim: usize, seed: u64, device: &Device) -> Result<Tensor> {
-    use rand::SeedableRng;
-    use rand_distr::Distribution;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..n * z_dim).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
-    Ok(Tensor::from_vec(v, (n, z_dim), device)?)
 }
 
 /// Samples as a batch in the network's input form.
@@ -302,8 +292,7 @@ fn uniform_maps(
         let sample = scene_sample(scene);
         let (sem, real) = crate::run::batch_tensors(std::slice::from_ref(&sample), spec, device)?;
         let sem = sem.repeat((runs, 1, 1, 1))?;
-        let z = if g.uses_z() { Some(sample_z(runs, opt.z_dim, 7000 + c as u64, device)?) } else { None };
-        let fake = g.forward_t(&sem, z.as_ref(), false)?;
+        let fake = g.generate(&sem, opt.z_dim, 7000 + c as u64)?;
         let acc = class_accuracy(&seg.segment(&to01(&fake)?)?, c as u32)?;
         let real_acc = class_accuracy(&seg.segment(&to01(&real)?)?, c as u32)?;
         per_class.push(acc);
@@ -352,8 +341,7 @@ fn diversity(
     for i in 0..n {
         let sample = ds.load(i, 0)?;
         let (sem, _) = crate::run::batch_tensors(std::slice::from_ref(&sample), spec, device)?;
-        let z = sample_z(k, opt.z_dim, 9000 + i as u64, device)?;
-        let fake = g.forward_t(&sem.repeat((k, 1, 1, 1))?, Some(&z), false)?;
+        let fake = g.generate(&sem.repeat((k, 1, 1, 1))?, opt.z_dim, 9000 + i as u64)?;
         let f01 = ((fake.clone() + 1.0)? / 2.0)?.clamp(0f32, 1f32)?;
         let (mut d, mut pairs) = (0f64, 0usize);
         for a in 0..k {

@@ -180,9 +180,7 @@ impl Trainer {
     }
 
     fn randn(&mut self, shape: (usize, usize), device: &Device) -> Result<Tensor> {
-        use rand_distr::Distribution;
-        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rand_distr::StandardNormal.sample(&mut self.rng)).collect();
-        Tensor::from_vec(v, shape, device)
+        spade_models::networks::encoder::randn(&mut self.rng, shape, device)
     }
 
     /// The generator's output (and mu, logvar with the encoder) in training mode.
