@@ -66,8 +66,8 @@ fn inputs(opt: &NetOptions, n: usize, dev: &Device) -> Result<(Tensor, Tensor)> 
     let (h, w) = opt.output_size();
     let spec = SemanticsSpec::from(opt);
     let ids: Vec<Vec<u32>> =
-        (0..n).map(|_| (0..h * w).map(|_| rng.gen_range(0..opt.label_nc as u32)).collect()).collect();
-    let inst: Vec<Vec<u32>> = (0..n).map(|_| (0..h * w).map(|_| rng.gen_range(0..5)).collect()).collect();
+        (0..n).map(|_| (0..h * w).map(|_| rng.random_range(0..opt.label_nc as u32)).collect()).collect();
+    let inst: Vec<Vec<u32>> = (0..n).map(|_| (0..h * w).map(|_| rng.random_range(0..5)).collect()).collect();
     let ids_r: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let inst_r: Vec<&[u32]> = inst.iter().map(|v| v.as_slice()).collect();
     let sem = spec.build(&ids_r, Some(&inst_r), h, w, dev)?;
@@ -180,7 +180,7 @@ fn time_resblock(dev: &Device, backward: bool, iters: usize) -> Result<f64> {
     let blk = spade_models::layers::spade::SpadeResBlk::new(&store.root(), 128, 128, norm, 36, 0.02)?;
     let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (4, 128, 64, 64), &dev)?)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let ids: Vec<u32> = (0..4 * 64 * 64).map(|_| rng.gen_range(0..36)).collect();
+    let ids: Vec<u32> = (0..4 * 64 * 64).map(|_| rng.random_range(0..36)).collect();
     let ids = Tensor::from_vec(ids, (4, 1, 64, 64), &dev)?;
     let seg = ids.broadcast_eq(&Tensor::arange(0u32, 36, &dev)?.reshape((1, 36, 1, 1))?)?.to_dtype(DType::F32)?;
     per_iter(&dev, iters, || {

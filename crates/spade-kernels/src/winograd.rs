@@ -607,7 +607,7 @@ mod tests {
     fn rand(len: usize, seed: u64) -> Vec<f32> {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
     #[test]

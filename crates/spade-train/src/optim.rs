@@ -237,7 +237,7 @@ mod tests {
         let dev = Device::Cpu;
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let n = 40_000; // more than one chunk
-        let init: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let init: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
         let cfg = AdamConfig { lr: 2e-4, beta1: 0.0, beta2: 0.9, eps: 1e-8 };
         let cfg1 = AdamConfig { beta1: 0.5, ..cfg };
         for cfg in [cfg, cfg1] {
@@ -248,7 +248,7 @@ mod tests {
                 adam.in_place = in_place;
                 let mut rng = rand::rngs::StdRng::seed_from_u64(2);
                 for _ in 0..3 {
-                    let g: Vec<f32> = (0..n).map(|_| rng.gen_range(-1e-2..1e-2)).collect();
+                    let g: Vec<f32> = (0..n).map(|_| rng.random_range(-1e-2..1e-2)).collect();
                     let g = Tensor::new(g.as_slice(), &dev).unwrap();
                     let y = (p.as_tensor() * &g).unwrap().sum_all().unwrap();
                     adam.step_from_store(&y.backward().unwrap()).unwrap();
