@@ -354,16 +354,21 @@ fn zip_err(path: &Path, action: impl Into<String>) -> impl FnOnce(zip::result::Z
 fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
     let file_len = file.metadata().map_err(|e| IoError::io(path, "read the checkpoint's size", e))?.len();
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(zip_err(path, "open the zip checkpoint"))?;
-    let pkl_name = zip
+    let entry_names: Vec<String> = zip
         .file_names()
+        .map(|n| n.map(|n| n.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(zip_err(path, "read the zip entry names"))?;
+    let pkl_name = entry_names
+        .iter()
         .filter(|n| {
             n.strip_suffix("data.pkl")
                 .is_some_and(|p| p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1))
         })
         .min_by_key(|n| n.len())
-        .map(str::to_string);
+        .cloned();
     let Some(pkl_name) = pkl_name else {
-        let mut names: Vec<_> = zip.file_names().take(10).map(str::to_string).collect();
+        let mut names: Vec<_> = entry_names.iter().take(10).cloned().collect();
         names.sort();
         return Err(IoError::format(
             path,
@@ -383,7 +388,7 @@ fn load_zip(path: &Path, file: File) -> Result<Vec<(String, Tensor)>, IoError> {
         limit.read(path, name, entry, want, cap)
     };
 
-    let big_endian = if zip.file_names().any(|n| n == format!("{prefix}byteorder")) {
+    let big_endian = if entry_names.iter().any(|n| *n == format!("{prefix}byteorder")) {
         let bo = read_entry(&mut zip, &format!("{prefix}byteorder"), None, 64, &mut limit)?;
         match bo.trim_ascii() {
             b"little" => false,

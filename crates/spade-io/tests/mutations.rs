@@ -46,7 +46,7 @@ fn mutated_pickle_in_a_sound_zip_is_ok_or_an_error() {
         let mut e = zip.by_index(i).unwrap();
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut e, &mut b).unwrap();
-        entries.push((e.name().to_string(), b));
+        entries.push((e.name().unwrap().into_owned(), b));
     }
     let pkl = entries.iter().find(|(n, _)| n.ends_with("data.pkl")).unwrap().1.clone();
     let _serial = serial();

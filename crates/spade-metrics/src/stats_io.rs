@@ -128,7 +128,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, NpyArray)>> {
     let mut out = Vec::new();
     for i in 0..zip.len() {
         let entry = zip.by_index(i).map_err(|e| err(format!("zip entry {i}: {e}")))?;
-        let name = entry.name().to_string();
+        let name = entry.name().map_err(|e| err(format!("zip entry {i}: {e}")))?.into_owned();
         let bytes =
             budget.read(path, &name, entry, None, u64::MAX).map_err(|e| err(strip_path(&e.to_string(), path)))?;
         let arr = parse_npy(&bytes, &name).map_err(err)?;

@@ -56,7 +56,11 @@ impl ConvEncoder {
 
 /// `(n, k)` samples of N(0, 1) from `rng`: the one place z (and the encoder's eps) is drawn,
 /// so that a seed gives the same z in the trainer, the evaluator and the synthesizer.
-pub fn randn(rng: &mut rand::rngs::StdRng, (n, k): (usize, usize), device: &candle_core::Device) -> candle_core::Result<Tensor> {
+pub fn randn(
+    rng: &mut rand::rngs::StdRng,
+    (n, k): (usize, usize),
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
     use rand_distr::Distribution;
     let v: Vec<f32> = (0..n * k).map(|_| rand_distr::StandardNormal.sample(rng)).collect();
     Tensor::from_vec(v, (n, k), device)
