@@ -24,7 +24,7 @@ pub struct Args {
     /// The dataset of --generated: coco-stuff, ade20k, ade20k-outdoor, cityscapes, folder or
     /// synthetic.
     #[arg(long)]
-    pub dataset: Option<String>,
+    pub dataset: Option<DatasetMode>,
     /// Root of the dataset of --generated (not needed for synthetic).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
@@ -118,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&m)?
     } else {
         let generated = args.generated.as_ref().expect("clap requires --run or --generated");
-        let mode: DatasetMode = args.dataset.as_deref().unwrap_or_default().parse()?;
+        let mode = args.dataset.expect("clap requires --dataset with --generated");
         let mut data = DatasetConfig::new(mode, args.data_root.clone());
         data.phase = spade_data::Phase::Val;
         data.is_train = Some(false);

@@ -2,6 +2,10 @@
 //! safetensors, and atomic writes.
 //!
 //! * [`pth::load`] / [`pth::save`]: PyTorch checkpoints, read with an own pickle interpreter.
+//!   candle's `pickle` module reads only the zip format (`torch.save` since 1.6); the official
+//!   2019 SPADE checkpoints and the segmenters' released weights are in the legacy format (a bare
+//!   pickle stream followed by the storages), and every reader here must also stay bounded on
+//!   hostile input ([`limits`]).
 //! * [`checkpoint::load_state_dict`] / [`checkpoint::save_safetensors`]: by file extension.
 //! * [`atomic::write_atomic`]: write-to-temp, fsync, rename.
 

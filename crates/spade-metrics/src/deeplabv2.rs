@@ -20,13 +20,13 @@
 //! logits (1/8 of the input) are bilinearly upsampled to the input size before the argmax.
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
 use crate::resize::{resize_bilinear, resize_bilinear_by_factor};
-use crate::segmentation::{Preprocessing, Segmenter};
-use crate::segnet::{self, Conv, ConvSpec};
+use crate::segmentation::Preprocessing;
+use crate::segnet::{self, Bottleneck, Conv, ConvSpec, NetSegmenter, PaperNet};
 use crate::weights::sha256_file;
 
 /// File name of the released COCO-Stuff 164k checkpoint.
@@ -64,44 +64,30 @@ impl DeepLabV2Config {
     }
 }
 
-/// deeplab-pytorch's `_Bottleneck`.
-#[derive(Debug, Clone)]
-struct Bottleneck {
-    reduce: Conv,
-    conv3x3: Conv,
-    increase: Conv,
-    shortcut: Option<Conv>,
-}
-
 fn conv_bn_relu(vb: &VarBuilder, s: ConvSpec) -> Result<Conv> {
     Conv::with_bn(&vb.pp("conv"), &vb.pp("bn"), s, BN_EPS)
 }
 
-impl Bottleneck {
-    fn new(vb: &VarBuilder, cin: usize, cout: usize, stride: usize, dilation: usize, downsample: bool) -> Result<Self> {
-        let mid = cout / 4;
-        Ok(Self {
-            reduce: conv_bn_relu(&vb.pp("reduce"), ConvSpec::new(cin, mid, 1).stride(stride))?,
-            conv3x3: conv_bn_relu(&vb.pp("conv3x3"), ConvSpec::new(mid, mid, 3).dilated(dilation))?,
-            increase: conv_bn_relu(&vb.pp("increase"), ConvSpec::new(mid, cout, 1))?,
-            shortcut: if downsample {
-                Some(conv_bn_relu(&vb.pp("shortcut"), ConvSpec::new(cin, cout, 1).stride(stride))?)
-            } else {
-                None
-            },
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.reduce.forward(x)?.relu()?;
-        let h = self.conv3x3.forward(&h)?.relu()?;
-        let h = self.increase.forward(&h)?;
-        let s = match &self.shortcut {
-            Some(c) => c.forward(x)?,
-            None => x.clone(),
-        };
-        Ok((h + s)?.relu()?)
-    }
+/// deeplab-pytorch's `_Bottleneck` (`reduce`, `conv3x3`, `increase`, `shortcut`).
+fn bottleneck(
+    vb: &VarBuilder,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    dilation: usize,
+    downsample: bool,
+) -> Result<Bottleneck> {
+    let mid = cout / 4;
+    Ok(Bottleneck {
+        reduce: conv_bn_relu(&vb.pp("reduce"), ConvSpec::new(cin, mid, 1).stride(stride))?,
+        conv3x3: conv_bn_relu(&vb.pp("conv3x3"), ConvSpec::new(mid, mid, 3).dilated(dilation))?,
+        increase: conv_bn_relu(&vb.pp("increase"), ConvSpec::new(mid, cout, 1))?,
+        shortcut: if downsample {
+            Some(conv_bn_relu(&vb.pp("shortcut"), ConvSpec::new(cin, cout, 1).stride(stride))?)
+        } else {
+            None
+        },
+    })
 }
 
 /// DeepLabV2 with its MSC wrapper: [`DeepLabV2::forward`] gives the fused logits at 1/8 of the
@@ -133,7 +119,7 @@ impl DeepLabV2 {
             let blocks = (0..n)
                 .map(|i| {
                     let (bin, bs) = if i == 0 { (cin, stride) } else { (cout, 1) };
-                    Bottleneck::new(&lvb.pp(format!("block{}", i + 1)), bin, cout, bs, dil, i == 0)
+                    bottleneck(&lvb.pp(format!("block{}", i + 1)), bin, cout, bs, dil, i == 0)
                 })
                 .collect::<Result<Vec<_>>>()?;
             layers.push(blocks);
@@ -191,16 +177,22 @@ pub fn preprocessing() -> Preprocessing {
     }
 }
 
-/// [`DeepLabV2`] as a [`Segmenter`].
-pub struct DeepLabV2Segmenter {
-    net: DeepLabV2,
-    n_classes: usize,
-    resolution: (usize, usize),
-    weights_hash: String,
-    device: Device,
+impl PaperNet for DeepLabV2 {
+    fn name(&self) -> String {
+        "deeplabv2-resnet101-msc (kazuto1011/deeplab-pytorch, COCO-Stuff 164k)".into()
+    }
+    fn preprocessing(&self) -> Preprocessing {
+        preprocessing()
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        DeepLabV2::forward(self, x)
+    }
 }
 
-impl DeepLabV2Segmenter {
+/// [`DeepLabV2`] as a [`crate::Segmenter`].
+pub type DeepLabV2Segmenter = NetSegmenter<DeepLabV2>;
+
+impl NetSegmenter<DeepLabV2> {
     /// Loads a deeplab-pytorch state dict (`.pth`) with strict key checking.
     pub fn load(cfg: &DeepLabV2Config, path: &Path, resolution: (usize, usize), device: &Device) -> Result<Self> {
         let net = segnet::load_strict(path, "DeepLabV2-ResNet101 (MSC)", device, |vb| DeepLabV2::new(cfg, vb))?;
@@ -214,41 +206,15 @@ impl DeepLabV2Segmenter {
         weights_hash: String,
         device: &Device,
     ) -> Self {
-        Self { net, n_classes: cfg.n_classes, resolution, weights_hash, device: device.clone() }
-    }
-
-    /// Logits `(B, n_classes, H, W)` at the input size of RGB images in `[0, 1]`.
-    pub fn logits(&self, images01: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = images01.dims4()?;
-        let x = segnet::normalize(images01, &preprocessing(), &self.device)?;
-        resize_bilinear(&self.net.forward(&x)?, h, w)
-    }
-}
-
-impl Segmenter for DeepLabV2Segmenter {
-    fn name(&self) -> String {
-        "deeplabv2-resnet101-msc (kazuto1011/deeplab-pytorch, COCO-Stuff 164k)".into()
-    }
-    fn weights_hash(&self) -> String {
-        self.weights_hash.clone()
-    }
-    fn input_resolution(&self) -> (usize, usize) {
-        self.resolution
-    }
-    fn num_classes(&self) -> usize {
-        self.n_classes
-    }
-    fn segment(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.logits(images)?.argmax(1)?.to_dtype(DType::U32)?)
-    }
-    fn preprocessing(&self) -> Option<Preprocessing> {
-        Some(preprocessing())
+        Self::new(net, cfg.n_classes, resolution, weights_hash, device)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segmentation::Segmenter;
+    use candle_core::DType;
 
     fn tiny() -> DeepLabV2Config {
         DeepLabV2Config {
@@ -301,7 +267,7 @@ mod tests {
         assert!(y.flatten_all().unwrap().to_vec1::<u32>().unwrap().iter().all(|&k| k < 5));
         assert_eq!(seg.weights_hash(), sha256_file(&path).unwrap());
         // Base logits at 1/8 (ceil-mode pool): 40 -> 20 -> 11 (ceil) -> 6.
-        let base = seg.net.forward_base(&x).unwrap();
+        let base = seg.net().forward_base(&x).unwrap();
         assert_eq!(base.dims(), &[2, 5, 6, 5]);
 
         // A misshaped key and a missing key: errors name the file and the key.

@@ -18,12 +18,12 @@
 //! labelIds goes through [`cityscapes_label_to_train_id`] (255 = ignore).
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{MetricsError, Result};
-use crate::segmentation::{GroundTruthMap, Preprocessing, Segmenter};
-use crate::segnet::{self, Conv, ConvSpec};
+use crate::segmentation::{GroundTruthMap, Preprocessing};
+use crate::segnet::{self, Bottleneck, Conv, ConvSpec, NetSegmenter, PaperNet};
 use crate::weights::sha256_file;
 
 /// File name of the released Cityscapes checkpoint.
@@ -67,27 +67,6 @@ impl DrnConfig {
     /// `DRNSeg("drn_d_105", 19)`.
     pub fn drn_d_105_cityscapes() -> Self {
         Self { n_classes: 19, layers: [1, 1, 3, 4, 23, 3, 1, 1], channels: [16, 32, 64, 128, 256, 512, 512, 512] }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Bottleneck {
-    c1: Conv,
-    c2: Conv,
-    c3: Conv,
-    down: Option<Conv>,
-}
-
-impl Bottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.c1.forward(x)?.relu()?;
-        let h = self.c2.forward(&h)?.relu()?;
-        let h = self.c3.forward(&h)?;
-        let r = match &self.down {
-            Some(d) => d.forward(x)?,
-            None => x.clone(),
-        };
-        Ok((h + r)?.relu()?)
     }
 }
 
@@ -163,15 +142,15 @@ impl DrnSeg {
                     None
                 };
                 blocks.push(Bottleneck {
-                    c1: Conv::with_bn(&b.pp("conv1"), &b.pp("bn1"), ConvSpec::new(cin, planes, 1), BN_EPS)?,
-                    c2: Conv::with_bn(
+                    reduce: Conv::with_bn(&b.pp("conv1"), &b.pp("bn1"), ConvSpec::new(cin, planes, 1), BN_EPS)?,
+                    conv3x3: Conv::with_bn(
                         &b.pp("conv2"),
                         &b.pp("bn2"),
                         ConvSpec::new(planes, planes, 3).dilated(dil).stride(s),
                         BN_EPS,
                     )?,
-                    c3: Conv::with_bn(&b.pp("conv3"), &b.pp("bn3"), ConvSpec::new(planes, out, 1), BN_EPS)?,
-                    down,
+                    increase: Conv::with_bn(&b.pp("conv3"), &b.pp("bn3"), ConvSpec::new(planes, out, 1), BN_EPS)?,
+                    shortcut: down,
                 });
             }
             inplanes = out;
@@ -233,16 +212,29 @@ pub fn preprocessing() -> Preprocessing {
     }
 }
 
-/// [`DrnSeg`] as a [`Segmenter`] predicting Cityscapes trainIds.
-pub struct DrnSegmenter {
-    net: DrnSeg,
-    n_classes: usize,
-    resolution: (usize, usize),
-    weights_hash: String,
-    device: Device,
+impl PaperNet for DrnSeg {
+    fn name(&self) -> String {
+        "drn-d-105 (fyu/drn DRNSeg, Cityscapes trainIds)".into()
+    }
+    fn preprocessing(&self) -> Preprocessing {
+        preprocessing()
+    }
+    fn ground_truth_map(&self) -> Option<GroundTruthMap> {
+        Some(cityscapes_label_to_train_id())
+    }
+    /// Logits `(B, n_classes, 8h', 8w')`: the network's own learned upsampling.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        DrnSeg::forward(self, x)
+    }
+    fn resize_to_input(&self) -> bool {
+        false
+    }
 }
 
-impl DrnSegmenter {
+/// [`DrnSeg`] as a [`crate::Segmenter`] predicting Cityscapes trainIds.
+pub type DrnSegmenter = NetSegmenter<DrnSeg>;
+
+impl NetSegmenter<DrnSeg> {
     /// Loads a `DRNSeg` state dict (`.pth`) with strict key checking.
     pub fn load(cfg: &DrnConfig, path: &Path, resolution: (usize, usize), device: &Device) -> Result<Self> {
         let net = segnet::load_strict(path, "DRN-D-105 (DRNSeg)", device, |vb| DrnSeg::new(cfg, vb))?;
@@ -256,43 +248,15 @@ impl DrnSegmenter {
         weights_hash: String,
         device: &Device,
     ) -> Self {
-        Self { net, n_classes: cfg.n_classes, resolution, weights_hash, device: device.clone() }
-    }
-
-    /// Logits `(B, n_classes, 8h', 8w')` of RGB images in `[0, 1]`.
-    pub fn logits(&self, images01: &Tensor) -> Result<Tensor> {
-        let x = segnet::normalize(images01, &preprocessing(), &self.device)?;
-        self.net.forward(&x)
-    }
-}
-
-impl Segmenter for DrnSegmenter {
-    fn name(&self) -> String {
-        "drn-d-105 (fyu/drn DRNSeg, Cityscapes trainIds)".into()
-    }
-    fn weights_hash(&self) -> String {
-        self.weights_hash.clone()
-    }
-    fn input_resolution(&self) -> (usize, usize) {
-        self.resolution
-    }
-    fn num_classes(&self) -> usize {
-        self.n_classes
-    }
-    fn segment(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.logits(images)?.argmax(1)?.to_dtype(DType::U32)?)
-    }
-    fn preprocessing(&self) -> Option<Preprocessing> {
-        Some(preprocessing())
-    }
-    fn ground_truth_map(&self) -> Option<GroundTruthMap> {
-        Some(cityscapes_label_to_train_id())
+        Self::new(net, cfg.n_classes, resolution, weights_hash, device)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segmentation::Segmenter;
+    use candle_core::DType;
 
     /// `len(DRNSeg("drn_d_105", 19).state_dict())` with torch 2.x (`num_batches_tracked`
     /// included): 105 conv + BN units of 6 keys, 4 downsample units, `seg` (2), `up` (1).
@@ -328,7 +292,7 @@ mod tests {
         spade_io::pth::save(&path, &sd).unwrap();
         let seg = DrnSegmenter::load(&cfg, &path, (32, 64), &dev).unwrap();
         let x = Tensor::rand(0f32, 1.0, (1, 3, 32, 64), &dev).unwrap();
-        assert_eq!(seg.net.forward_coarse(&x).unwrap().dims(), &[1, 19, 4, 8]);
+        assert_eq!(seg.net().forward_coarse(&x).unwrap().dims(), &[1, 19, 4, 8]);
         let y = seg.segment(&x).unwrap();
         assert_eq!(y.dims(), &[1, 32, 64]);
         assert!(y.flatten_all().unwrap().to_vec1::<u32>().unwrap().iter().all(|&k| k < 19));

@@ -13,7 +13,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::error::{MetricsError, Result};
-use crate::segmentation::Preprocessing;
+use crate::segmentation::{GroundTruthMap, Preprocessing, Segmenter};
 
 /// BatchNorm buffers that no eval-mode forward reads: torch's `num_batches_tracked` and the
 /// training sums of CSAIL's `SynchronizedBatchNorm2d`. Accepted in a file, never required.
@@ -353,6 +353,103 @@ pub fn normalize(images01: &Tensor, p: &Preprocessing, device: &Device) -> Resul
     let mean = Tensor::new(&p.mean, device)?.reshape((1, 3, 1, 1))?;
     let std = Tensor::new(&p.std, device)?.reshape((1, 3, 1, 1))?;
     Ok((x * p.value_scale as f64)?.broadcast_sub(&mean)?.broadcast_div(&std)?)
+}
+
+/// ResNet's bottleneck block (1x1 reduce, 3x3, 1x1 increase, each with its batch norm; the
+/// shortcut a 1x1 conv + BN where the shape changes), shared by the three paper segmenters.
+#[derive(Debug, Clone)]
+pub struct Bottleneck {
+    pub reduce: Conv,
+    pub conv3x3: Conv,
+    pub increase: Conv,
+    pub shortcut: Option<Conv>,
+}
+
+impl Bottleneck {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.reduce.forward(x)?.relu()?;
+        let h = self.conv3x3.forward(&h)?.relu()?;
+        let h = self.increase.forward(&h)?;
+        let s = match &self.shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        Ok((h + s)?.relu()?)
+    }
+}
+
+/// What differs between the paper's segmentation networks behind one [`NetSegmenter`].
+pub trait PaperNet: Send + Sync {
+    /// The segmenter's name in `metrics.json`.
+    fn name(&self) -> String;
+    fn preprocessing(&self) -> Preprocessing;
+    /// The map from the dataset's label ids to the network's classes, when they differ.
+    fn ground_truth_map(&self) -> Option<GroundTruthMap> {
+        None
+    }
+    /// Logits of preprocessed images.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Whether the logits are resized bilinearly to the input size (false: the network
+    /// upsamples them itself, as DRN's learned x8).
+    fn resize_to_input(&self) -> bool {
+        true
+    }
+}
+
+/// One of the paper's segmentation networks as a [`Segmenter`]: preprocessing, the network,
+/// logits at the input size, argmax.
+pub struct NetSegmenter<N> {
+    net: N,
+    n_classes: usize,
+    resolution: (usize, usize),
+    weights_hash: String,
+    device: Device,
+}
+
+impl<N: PaperNet> NetSegmenter<N> {
+    pub fn new(net: N, n_classes: usize, resolution: (usize, usize), weights_hash: String, device: &Device) -> Self {
+        Self { net, n_classes, resolution, weights_hash, device: device.clone() }
+    }
+
+    pub fn net(&self) -> &N {
+        &self.net
+    }
+
+    /// Logits `(B, n_classes, H, W)` of RGB images in `[0, 1]`.
+    pub fn logits(&self, images01: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = images01.dims4()?;
+        let x = normalize(images01, &self.net.preprocessing(), &self.device)?;
+        let y = self.net.forward(&x)?;
+        if self.net.resize_to_input() {
+            crate::resize::resize_bilinear(&y, h, w)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+impl<N: PaperNet> Segmenter for NetSegmenter<N> {
+    fn name(&self) -> String {
+        self.net.name()
+    }
+    fn weights_hash(&self) -> String {
+        self.weights_hash.clone()
+    }
+    fn input_resolution(&self) -> (usize, usize) {
+        self.resolution
+    }
+    fn num_classes(&self) -> usize {
+        self.n_classes
+    }
+    fn segment(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.logits(images)?.argmax(1)?.to_dtype(DType::U32)?)
+    }
+    fn preprocessing(&self) -> Option<Preprocessing> {
+        Some(self.net.preprocessing())
+    }
+    fn ground_truth_map(&self) -> Option<GroundTruthMap> {
+        self.net.ground_truth_map()
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 //! `sigma` (`(D, D)`, float64), as written by `np.savez(path, mu=mu, sigma=sigma)` and read by
 //! `np.load(path)["mu"]`. Reading accepts stored or deflated entries (`np.savez_compressed`),
 //! little-endian `<f8` or `<f4`, C or Fortran order.
+//!
+//! Not candle's `Tensor::read_npz`: these files come from users and the network, and candle's
+//! reader sizes its buffers from the headers it reads (no budget against a hostile archive), has
+//! no float64 path that keeps the statistics' precision without a tensor round trip, and gives
+//! errors without the file's name. Entries here go through `spade_io::limits::EntryBudget`.
 use std::io::Write;
 use std::path::Path;
 

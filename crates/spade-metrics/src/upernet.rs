@@ -22,13 +22,13 @@
 //! 1..150 are the classes 0..149, which is the dataset's own id mapping here.
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
 use crate::resize::resize_bilinear;
-use crate::segmentation::{Preprocessing, Segmenter};
-use crate::segnet::{self, Conv, ConvSpec};
+use crate::segmentation::Preprocessing;
+use crate::segnet::{self, Bottleneck, Conv, ConvSpec, NetSegmenter, PaperNet};
 use crate::weights::sha256_file;
 
 /// File names of the released ADE20K model (`ade20k-resnet101-upernet/`).
@@ -75,27 +75,6 @@ impl UperNetConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Bottleneck {
-    c1: Conv,
-    c2: Conv,
-    c3: Conv,
-    down: Option<Conv>,
-}
-
-impl Bottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.c1.forward(x)?.relu()?;
-        let h = self.c2.forward(&h)?.relu()?;
-        let h = self.c3.forward(&h)?;
-        let r = match &self.down {
-            Some(d) => d.forward(x)?,
-            None => x.clone(),
-        };
-        Ok((h + r)?.relu()?)
-    }
-}
-
 fn cbr(vb: &VarBuilder, conv: &str, bn: &str, s: ConvSpec) -> Result<Conv> {
     Conv::with_bn(&vb.pp(conv), &vb.pp(bn), s, BN_EPS)
 }
@@ -133,10 +112,10 @@ impl UperNetEncoder {
                     None
                 };
                 blocks.push(Bottleneck {
-                    c1: cbr(&b, "conv1", "bn1", ConvSpec::new(cin, planes, 1))?,
-                    c2: cbr(&b, "conv2", "bn2", ConvSpec::new(planes, planes, 3).stride(s))?,
-                    c3: cbr(&b, "conv3", "bn3", ConvSpec::new(planes, out, 1))?,
-                    down,
+                    reduce: cbr(&b, "conv1", "bn1", ConvSpec::new(cin, planes, 1))?,
+                    conv3x3: cbr(&b, "conv2", "bn2", ConvSpec::new(planes, planes, 3).stride(s))?,
+                    increase: cbr(&b, "conv3", "bn3", ConvSpec::new(planes, out, 1))?,
+                    shortcut: down,
                 });
             }
             inplanes = out;
@@ -233,17 +212,29 @@ pub fn preprocessing() -> Preprocessing {
     }
 }
 
-/// UperNet (encoder + decoder) as a [`Segmenter`] over ADE20K's 150 classes.
-pub struct UperNetSegmenter {
-    encoder: UperNetEncoder,
-    decoder: UperNetDecoder,
-    n_classes: usize,
-    resolution: (usize, usize),
-    weights_hash: String,
-    device: Device,
+/// UperNet: the ResNet encoder and the UperNet decoder, two state dicts.
+#[derive(Debug, Clone)]
+pub struct UperNet {
+    pub encoder: UperNetEncoder,
+    pub decoder: UperNetDecoder,
 }
 
-impl UperNetSegmenter {
+impl PaperNet for UperNet {
+    fn name(&self) -> String {
+        "upernet-resnet101 (CSAILVision semantic-segmentation-pytorch, ADE20K)".into()
+    }
+    fn preprocessing(&self) -> Preprocessing {
+        preprocessing()
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(&self.encoder.forward(x)?)
+    }
+}
+
+/// UperNet as a [`crate::Segmenter`] over ADE20K's 150 classes.
+pub type UperNetSegmenter = NetSegmenter<UperNet>;
+
+impl NetSegmenter<UperNet> {
     /// Loads the encoder and decoder state dicts (`.pth`), each with strict key checking.
     pub fn load(
         cfg: &UperNetConfig,
@@ -267,42 +258,15 @@ impl UperNetSegmenter {
         weights_hash: String,
         device: &Device,
     ) -> Self {
-        Self { encoder, decoder, n_classes: cfg.n_classes, resolution, weights_hash, device: device.clone() }
-    }
-
-    /// Logits `(B, n_classes, H, W)` at the input size of RGB images in `[0, 1]`.
-    pub fn logits(&self, images01: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = images01.dims4()?;
-        let x = segnet::normalize(images01, &preprocessing(), &self.device)?;
-        let feats = self.encoder.forward(&x)?;
-        resize_bilinear(&self.decoder.forward(&feats)?, h, w)
-    }
-}
-
-impl Segmenter for UperNetSegmenter {
-    fn name(&self) -> String {
-        "upernet-resnet101 (CSAILVision semantic-segmentation-pytorch, ADE20K)".into()
-    }
-    fn weights_hash(&self) -> String {
-        self.weights_hash.clone()
-    }
-    fn input_resolution(&self) -> (usize, usize) {
-        self.resolution
-    }
-    fn num_classes(&self) -> usize {
-        self.n_classes
-    }
-    fn segment(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.logits(images)?.argmax(1)?.to_dtype(DType::U32)?)
-    }
-    fn preprocessing(&self) -> Option<Preprocessing> {
-        Some(preprocessing())
+        Self::new(UperNet { encoder, decoder }, cfg.n_classes, resolution, weights_hash, device)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segmentation::Segmenter;
+    use candle_core::DType;
 
     /// `len(ModelBuilder.build_encoder("resnet101").state_dict())` and
     /// `len(ModelBuilder.build_decoder("upernet", fc_dim=2048, num_class=150).state_dict())`

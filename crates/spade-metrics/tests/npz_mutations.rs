@@ -31,20 +31,24 @@ fn mutated_npz_is_ok_or_an_error() {
     check_mutations("stats.npz", &std::fs::read(&p).unwrap(), CASES, load);
 }
 
-#[test]
-fn mutated_deflated_npz_is_ok_or_an_error() {
+/// Statistics of dimension 6 written as `np.savez_compressed` does (deflated entries).
+fn deflated_npz(p: &Path) {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("stats_c.npz");
     let s = stats(6);
-    let f = std::fs::File::create(&p).unwrap();
-    let mut zip = zip::ZipWriter::new(f);
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(p).unwrap());
     let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     zip.start_file("mu.npy", opts).unwrap();
     zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6], &s.mu)).unwrap();
     zip.start_file("sigma.npy", opts).unwrap();
     zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6, 6], &s.sigma)).unwrap();
     zip.finish().unwrap();
+}
+
+#[test]
+fn mutated_deflated_npz_is_ok_or_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("stats_c.npz");
+    deflated_npz(&p);
     check_mutations("stats_c.npz", &std::fs::read(&p).unwrap(), CASES, load);
 }
 
@@ -52,19 +56,10 @@ fn mutated_deflated_npz_is_ok_or_an_error() {
 /// inside the inflate budget) must not reserve that size before anything inflates.
 #[test]
 fn deflated_entry_declaring_megabytes_reserves_little() {
-    use std::io::Write;
     let _serial = mutate::serial();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("stats_c.npz");
-    let s = stats(6);
-    let f = std::fs::File::create(&p).unwrap();
-    let mut zip = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
-    zip.start_file("mu.npy", opts).unwrap();
-    zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6], &s.mu)).unwrap();
-    zip.start_file("sigma.npy", opts).unwrap();
-    zip.write_all(&spade_metrics::stats_io::npy_bytes(&[6, 6], &s.sigma)).unwrap();
-    zip.finish().unwrap();
+    deflated_npz(&p);
     let mut b = std::fs::read(&p).unwrap();
     // The first central-directory header (PK 1 2): its uncompressed size (offset 24) says 8 MB.
     let cd = b.windows(4).position(|w| w == b"PK\x01\x02").expect("a central directory");
