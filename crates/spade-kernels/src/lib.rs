@@ -6,7 +6,7 @@
 //! here do the same arithmetic in fewer, larger steps:
 //! - [`conv::conv2d`] / [`conv::conv_transpose2d`]: batched matrix products (the samples of a
 //!   batch side by side) for the forward, the input gradient and the weight gradient, with
-//!   Winograd F(4x4, 3x3) for 3x3 convolutions on large maps (AVX-512 only) and
+//!   Winograd F(2x2, 3x3) for 3x3 convolutions on large maps (AVX-512 only) and
 //!   the bias and LeakyReLU fused into the product's epilogue;
 //! - [`norm`]: batch / instance normalisation fused with SPADE's modulation
 //!   `x̂ * (1 + gamma) + beta` and the LeakyReLU that follows it, with their backward;
@@ -44,7 +44,7 @@ pub enum GemmKernel {
 pub struct KernelOptions {
     /// The fast kernels (false: every op runs as composed stock candle ops).
     pub enabled: bool,
-    /// Winograd F(4x4, 3x3) for the 3x3 convolutions where it pays (only on AVX-512 CPUs).
+    /// Winograd F(2x2, 3x3) for the 3x3 convolutions where it pays (only on AVX-512 CPUs).
     pub winograd: bool,
     /// The matrix-product kernel.
     pub gemm: GemmKernel,
