@@ -207,9 +207,8 @@ pub(crate) fn with_scratch<R>(
     })
 }
 
-/// An output buffer of `len` zeros. (Once a vector of uninitialised memory behind `set_len`,
-/// which is unsound whatever the element type: zeroing costs no measurable time, since the
-/// allocator reuses freed blocks, see [`tune_allocator`].)
+/// An output buffer of `len` zeros. Zeroed, not uninitialised: a `Vec<f32>` over uninitialised
+/// memory is unsound whatever the element type, and the zeroing does not show in the bench.
 pub(crate) fn output_vec(len: usize) -> Vec<f32> {
     vec![0.0; len]
 }

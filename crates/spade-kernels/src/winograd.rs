@@ -54,9 +54,8 @@ pub(super) fn enabled() -> bool {
 }
 
 /// Whether [`conv3x3`] (and [`filter_grad3x3`]) serves a convolution of `n` maps of `h x w`:
-/// enough tiles for every
-/// thread to get two blocks (with fewer, one thread idles while the other runs the last one;
-/// the 16x16 maps of a batch of 4 have 5.3 blocks, and gain 10-20% over the direct product).
+/// enough tiles for every thread to get two blocks (with fewer, one thread idles while the
+/// other runs the last one).
 pub(super) fn worth_it(n: usize, h: usize, w: usize) -> bool {
     let tiles = n * h.div_ceil(2) * w.div_ceil(2);
     enabled() && super::avx512::available() && w >= 8 && tiles >= 2 * NR * rayon::current_num_threads().max(1)
