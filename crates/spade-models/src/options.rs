@@ -111,8 +111,59 @@ macro_rules! kind_by_name {
 }
 
 kind_by_name!(Upsampling);
+kind_by_name!(NormString);
 kind_by_name!(GeneratorKind);
 kind_by_name!(crate::loss::GanMode);
+
+/// What a norm option means: a SPADE norm (`norm_G` of the SPADE generators) or a plain one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParsedNorm {
+    Spade(SpadeNorm),
+    Conv(ConvNorm),
+}
+
+/// A norm option (`norm_G`, `norm_D`, `norm_E`) as written, e.g. `spectralinstance` or
+/// `spectralspadesyncbatch3x3`: kept verbatim for `opt.txt` and configs, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormString {
+    text: String,
+    parsed: ParsedNorm,
+}
+
+impl NormString {
+    pub fn parse(s: &str) -> Result<Self> {
+        let parsed = if s.contains("spade") {
+            ParsedNorm::Spade(SpadeNorm::parse(s)?)
+        } else {
+            ParsedNorm::Conv(ConvNorm::parse(s)?)
+        };
+        Ok(Self { text: s.to_string(), parsed })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn parsed(&self) -> ParsedNorm {
+        self.parsed
+    }
+
+    /// The plain norm, or the error that says a plain one was expected.
+    pub fn conv(&self) -> Result<ConvNorm> {
+        match self.parsed {
+            ParsedNorm::Conv(c) => Ok(c),
+            ParsedNorm::Spade(_) => ConvNorm::parse(&self.text),
+        }
+    }
+
+    /// The SPADE norm, or the error that says a SPADE one was expected.
+    pub fn spade(&self) -> Result<SpadeNorm> {
+        match self.parsed {
+            ParsedNorm::Spade(s) => Ok(s),
+            ParsedNorm::Conv(_) => SpadeNorm::parse(&self.text),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upsampling {
@@ -226,9 +277,9 @@ pub struct NetOptions {
     pub output_nc: usize,
     pub ngf: usize,
     pub ndf: usize,
-    pub norm_g: String,
-    pub norm_d: String,
-    pub norm_e: String,
+    pub norm_g: NormString,
+    pub norm_d: NormString,
+    pub norm_e: NormString,
     pub use_vae: bool,
     pub z_dim: usize,
     pub crop_size: usize,
@@ -256,9 +307,9 @@ impl Default for NetOptions {
             output_nc: 3,
             ngf: 64,
             ndf: 64,
-            norm_g: "spectralspadesyncbatch3x3".into(),
-            norm_d: "spectralinstance".into(),
-            norm_e: "spectralinstance".into(),
+            norm_g: NormString::parse("spectralspadesyncbatch3x3").expect("the default norm_G"),
+            norm_d: NormString::parse("spectralinstance").expect("the default norm_D"),
+            norm_e: NormString::parse("spectralinstance").expect("the default norm_E"),
             use_vae: false,
             z_dim: 256,
             crop_size: 256,
@@ -314,7 +365,7 @@ impl NetOptions {
     }
 
     pub fn spade_norm(&self) -> Result<SpadeNorm> {
-        SpadeNorm::parse(&self.norm_g)
+        self.norm_g.spade()
     }
 
     /// Reads the reference `opt.txt` (lines `name: value [default: x]`).
@@ -392,13 +443,13 @@ impl NetOptions {
         set_flag!(no_gan_feat_loss, "no_ganFeat_loss");
         set_num!(init_variance, "init_variance");
         if let Some(v) = get("norm_G") {
-            o.norm_g = v.into();
+            o.norm_g = NormString::parse(v)?;
         }
         if let Some(v) = get("norm_D") {
-            o.norm_d = v.into();
+            o.norm_d = NormString::parse(v)?;
         }
         if let Some(v) = get("norm_E") {
-            o.norm_e = v.into();
+            o.norm_e = NormString::parse(v)?;
         }
         if let Some(v) = get("num_upsampling_layers") {
             o.num_upsampling_layers = Upsampling::parse(v)?;
@@ -422,9 +473,9 @@ impl NetOptions {
         put("output_nc", self.output_nc.to_string());
         put("ngf", self.ngf.to_string());
         put("ndf", self.ndf.to_string());
-        put("norm_G", self.norm_g.clone());
-        put("norm_D", self.norm_d.clone());
-        put("norm_E", self.norm_e.clone());
+        put("norm_G", self.norm_g.to_string());
+        put("norm_D", self.norm_d.to_string());
+        put("norm_E", self.norm_e.to_string());
         put("use_vae", py_bool(self.use_vae).into());
         put("z_dim", self.z_dim.to_string());
         put("crop_size", self.crop_size.to_string());
@@ -480,8 +531,8 @@ impl NetOptions {
         if !(self.aspect_ratio > 0.0) {
             return Err(opt("aspect_ratio", self.aspect_ratio.to_string(), "a positive number"));
         }
-        ConvNorm::parse(&self.norm_d)?;
-        ConvNorm::parse(&self.norm_e)?;
+        self.norm_d.conv()?;
+        self.norm_e.conv()?;
         if self.net_g == GeneratorKind::SpadeConcat && self.use_vae {
             return Err(opt(
                 "use_vae",
@@ -507,7 +558,7 @@ impl NetOptions {
                 }
             }
             GeneratorKind::Pix2PixHD | GeneratorKind::Pix2PixHDConcat => {
-                ConvNorm::parse(&self.norm_g)?;
+                self.norm_g.conv()?;
             }
             GeneratorKind::Pix2PixHDSpade => {
                 self.spade_norm()?;
@@ -657,7 +708,7 @@ mod tests {
     fn opt_text_round_trips() {
         let mut o = NetOptions::default();
         o.net_g = GeneratorKind::Pix2PixHD;
-        o.norm_g = "instance".into();
+        o.norm_g = "instance".parse().unwrap();
         o.label_nc = 35;
         o.aspect_ratio = 2.0;
         o.no_instance = true;

@@ -4,7 +4,7 @@ use crate::trainer::{LossOptions, OptimOptions};
 use serde::{Deserialize, Serialize};
 use spade_data::DatasetConfig;
 use spade_models::loss::GanMode;
-use spade_models::options::{GeneratorKind, NetOptions, Upsampling};
+use spade_models::options::{GeneratorKind, NetOptions, NormString, Upsampling};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +46,9 @@ pub struct ModelConfig {
     pub netG: GeneratorKind,
     pub ngf: usize,
     pub ndf: usize,
-    pub norm_G: String,
-    pub norm_D: String,
-    pub norm_E: String,
+    pub norm_G: NormString,
+    pub norm_D: NormString,
+    pub norm_E: NormString,
     pub use_vae: bool,
     /// With use_vae: train without the style encoder, z ~ N(0, 1) (Table 4's noise input).
     pub no_encoder: bool,
@@ -319,6 +319,23 @@ fn check_float(key: &str, value: f64, lo: f64, hi: f64, open_lo: bool, open_hi: 
 impl ModelConfig {
     /// Ranges of the `model:` section.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Which norm strings the generator reads: a SPADE one or a plain one (CRN reads none).
+        let norm_g = if self.netG.spade_norm_string() {
+            self.norm_G.spade().map(|_| ())
+        } else if self.netG == GeneratorKind::Crn {
+            Ok(())
+        } else {
+            self.norm_G.conv().map(|_| ())
+        };
+        for (key, r) in [
+            ("model.norm_G", norm_g),
+            ("model.norm_D", self.norm_D.conv().map(|_| ())),
+            ("model.norm_E", self.norm_E.conv().map(|_| ())),
+        ] {
+            if let Err(spade_models::Error::Option { value, expected, .. }) = r {
+                return Err(range_err(key, value, &expected));
+            }
+        }
         check_int("model.ngf", self.ngf, 1, 4096)?;
         check_int("model.ndf", self.ndf, 1, 4096)?;
         check_int("model.z_dim", self.z_dim, 1, 65536)?;
@@ -418,7 +435,7 @@ mod tests {
         assert_eq!(c.train.lr, 0.001);
         assert_eq!(c.train.batch_size, 2);
         assert_eq!(c.model.ngf, 8);
-        assert_eq!(c.model.norm_G, "spectralspadeinstance3x3");
+        assert_eq!(c.model.norm_G.as_str(), "spectralspadeinstance3x3");
         let o = c.net_options().unwrap();
         assert_eq!(o.crop_size, 64);
         let back = ExperimentConfig::from_yaml(&c.to_yaml(), &[]).unwrap();

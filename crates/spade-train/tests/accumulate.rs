@@ -12,8 +12,8 @@ fn trainer(accumulate: usize) -> Trainer {
         ndf: 4,
         n_layers_d: 2,
         crop_size: 32,
-        norm_g: "spadeinstance3x3".into(),
-        norm_d: "instance".into(),
+        norm_g: "spadeinstance3x3".parse().unwrap(),
+        norm_d: "instance".parse().unwrap(),
         ..Default::default()
     };
     let nets = Nets::fresh(&opt, 11, &Device::Cpu).unwrap();

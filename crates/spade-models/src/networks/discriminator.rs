@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::layers::conv::{Conv2d, ConvSpec, NormConv};
 use crate::layers::ops::avg_pool2d_no_pad_count;
-use crate::options::{ConvNorm, NetOptions};
+use crate::options::NetOptions;
 use crate::store::Vb;
 use candle_core::Tensor;
 
@@ -17,7 +17,7 @@ pub struct NLayerDiscriminator {
 impl NLayerDiscriminator {
     /// `input_nc` = semantic_nc + output_nc.
     pub fn new(opt: &NetOptions, input_nc: usize, vb: &Vb) -> Result<Self> {
-        let norm = ConvNorm::parse(&opt.norm_d)?;
+        let norm = opt.norm_d.conv()?;
         let gain = opt.init_variance;
         let (kw, padw) = (4, 2);
         let mut nf = opt.ndf;

@@ -2,7 +2,7 @@
 use crate::error::{Error, Result};
 use crate::layers::conv::{ConvSpec, Linear, NormConv};
 use crate::layers::ops::{leaky_relu, resize_bilinear};
-use crate::options::{ConvNorm, NetOptions};
+use crate::options::NetOptions;
 use crate::store::Vb;
 use candle_core::Tensor;
 
@@ -25,7 +25,7 @@ impl ConvEncoder {
                 expected: "at least 256 for the VAE encoder (the reference's ConvEncoder flattens an 8*ngf x 4 x 4 map, which needs six stride-2 layers from 256x256)".into(),
             });
         }
-        let norm = ConvNorm::parse(&opt.norm_e)?;
+        let norm = opt.norm_e.conv()?;
         let ndf = opt.ngf;
         let gain = opt.init_variance;
         let chans = [3, ndf, ndf * 2, ndf * 4, ndf * 8, ndf * 8, ndf * 8];

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::layers::conv::{Conv2d, ConvSpec, NormConv};
 use crate::layers::ops::reflection_pad2d;
-use crate::options::{ConvNorm, NetOptions};
+use crate::options::NetOptions;
 use crate::store::Vb;
 use candle_core::Tensor;
 
@@ -24,7 +24,7 @@ pub struct Pix2PixHDGenerator {
 
 impl Pix2PixHDGenerator {
     pub fn new(opt: &NetOptions, vb: &Vb) -> Result<Self> {
-        let norm = ConvNorm::parse(&opt.norm_g)?;
+        let norm = opt.norm_g.conv()?;
         let gain = opt.init_variance;
         let ngf = opt.ngf;
         let model = vb.pp("model");

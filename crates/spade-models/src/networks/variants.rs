@@ -211,7 +211,7 @@ impl Pix2PixHDVariantGenerator {
             return Err(wrong_kind(opt, "pix2pixhd_concat for pix2pixHD++ w/ Concat"));
         }
         opt.validate()?;
-        Self::build(opt, vb, Mode::Concat(ConvNorm::parse(&opt.norm_g)?))
+        Self::build(opt, vb, Mode::Concat(opt.norm_g.conv()?))
     }
 
     fn build(opt: &NetOptions, vb: &Vb, mode: Mode) -> Result<Self> {
@@ -336,7 +336,7 @@ mod tests {
     fn tiny(net_g: GeneratorKind, norm_g: &str) -> NetOptions {
         NetOptions {
             net_g,
-            norm_g: norm_g.into(),
+            norm_g: crate::options::NormString::parse(norm_g).unwrap(),
             label_nc: 2,
             contain_dontcare_label: false,
             no_instance: true,
@@ -474,7 +474,11 @@ mod tests {
         assert_eq!(n["model.8.0.weight_orig"], vec![16, 8, 3, 3]);
         assert_eq!(n["model.8.1.param_free_norm.running_var"], vec![8]);
         // The convs sit where pix2pixHD++ (spectralsync_batch) has them, with the same shapes.
-        let popt = NetOptions { net_g: GeneratorKind::Pix2PixHD, norm_g: "spectralsync_batch".into(), ..opt.clone() };
+        let popt = NetOptions {
+            net_g: GeneratorKind::Pix2PixHD,
+            norm_g: crate::options::NormString::parse("spectralsync_batch").unwrap(),
+            ..opt.clone()
+        };
         let pstore = ParamStore::fresh(0, DType::F32, &Device::Cpu);
         Pix2PixHDGenerator::new(&popt, &pstore.root()).unwrap();
         for (k, shape) in names(&pstore) {
@@ -556,7 +560,8 @@ mod tests {
     fn table3_variant_parameter_counts_at_ngf64_coco() {
         // ngf 64, COCO-Stuff: 182 labels + don't care + instance edges = 184 input channels.
         let count = |net_g: GeneratorKind, norm_g: &str| {
-            let opt = NetOptions { net_g, norm_g: norm_g.into(), ..Default::default() };
+            let opt =
+                NetOptions { net_g, norm_g: crate::options::NormString::parse(norm_g).unwrap(), ..Default::default() };
             assert_eq!(opt.semantic_nc(), 184);
             let (g, store) = build(&opt, 0);
             drop(g);
