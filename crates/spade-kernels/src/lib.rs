@@ -59,16 +59,10 @@ impl Default for KernelOptions {
 }
 
 impl KernelOptions {
-    /// The environment variables the binaries honour, with their meaning (for help texts).
-    pub const VARIABLES: [(&'static str, &'static str); 4] = [
-        ("SPADE_STOCK_OPS", "1: stock candle ops instead of the fast kernels"),
-        ("SPADE_WINOGRAD", "0: no Winograd 3x3 convolutions"),
-        ("SPADE_GEMM", "crate: the gemm crate's matrix product instead of the AVX-512 kernel"),
-        ("SPADE_PROFILE", "1: time each kernel; 2: each kernel and shape"),
-    ];
-
-    /// The options that the variables of [`Self::VARIABLES`] ask for, `get` giving each
-    /// variable's value (a binary passes `std::env::var`); unset variables keep the default.
+    /// The options that `SPADE_STOCK_OPS` (1: stock ops), `SPADE_WINOGRAD` (0: off),
+    /// `SPADE_GEMM` (`crate`: the gemm crate's product) and `SPADE_PROFILE` (1 or 2) ask for,
+    /// `get` giving each variable's value (a binary passes `std::env::var`); unset variables
+    /// keep the default.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let mut o = KernelOptions::default();
         let bad = |name: &str, v: &str, expected: &str| format!("{name}={v:?}: expected {expected}");

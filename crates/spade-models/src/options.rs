@@ -117,7 +117,7 @@ kind_by_name!(crate::loss::GanMode);
 
 /// What a norm option means: a SPADE norm (`norm_G` of the SPADE generators) or a plain one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParsedNorm {
+enum ParsedNorm {
     Spade(SpadeNorm),
     Conv(ConvNorm),
 }
@@ -142,10 +142,6 @@ impl NormString {
 
     pub fn as_str(&self) -> &str {
         &self.text
-    }
-
-    pub fn parsed(&self) -> ParsedNorm {
-        self.parsed
     }
 
     /// The plain norm, or the error that says a plain one was expected.
