@@ -21,6 +21,10 @@ pub struct Args {
     /// The dataset whose runs are reported.
     #[arg(long, default_value = "synthetic")]
     pub dataset: spade_data::DatasetMode,
+    /// The dataset's root as the runs were made with (part of their configs, so of where they
+    /// are stored); needed for every dataset but the built-in one.
+    #[arg(long)]
+    pub data_root: Option<std::path::PathBuf>,
     /// Seeds per row (default: the profile's).
     #[arg(long)]
     pub seeds: Option<usize>,
@@ -30,6 +34,7 @@ pub fn run(args: Args) -> Result<()> {
     let t = load_table(&args.table)?;
     let mut ra = crate::reproduce::Args::for_report(&args.table, &args.profile, args.dataset);
     ra.seeds = args.seeds;
+    ra.data_root = args.data_root;
     build(&t, &ra)
 }
 
