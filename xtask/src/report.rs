@@ -1003,8 +1003,30 @@ rows:
     }
 
     #[test]
+    fn training_length_ablation_shares_table3_runs_and_trains_the_long_rows_4x() {
+        use crate::reproduce::Args;
+        let root = std::path::Path::new("/store");
+        let dir = |table: &str, row: &str| {
+            let t = load_table(table).unwrap();
+            let args = Args::for_report(table, "mini", spade_data::DatasetMode::Synthetic);
+            let r = t.rows.iter().find(|r| r.id == row).unwrap();
+            run_dir_for_in(root, &t, &t.profiles["mini"], r, &args, 1).unwrap()
+        };
+        for row in ["spade", "concat"] {
+            assert_eq!(dir("table3", row).0, dir("ablation_training_length", row).0, "{row}: one run for both files");
+            let (long, cfg) = dir("ablation_training_length", &format!("{row}_long"));
+            assert_ne!(long, dir("table3", row).0);
+            assert_eq!(cfg.train.max_iters, Some(512));
+            // One epoch (synthetic_count / batch_size) holds the 512 iterations, so none is cut.
+            assert!(cfg.data.synthetic_count.unwrap() / cfg.train.batch_size >= 512);
+        }
+    }
+
+    #[test]
     fn table_files_parse_with_their_claims() {
-        for name in ["table1", "table3", "table4", "table5", "ablation_spade_norm", "multimodal"] {
+        for name in
+            ["table1", "table3", "table4", "table5", "ablation_spade_norm", "ablation_training_length", "multimodal"]
+        {
             let t = load_table(name).unwrap();
             assert!(t.profiles.contains_key("smoke") && t.profiles.contains_key("mini"), "{name}");
             assert!(t.profiles["mini"].seeds >= 3, "{name}: the mini profile runs at least 3 seeds");
