@@ -1,5 +1,5 @@
 //! Multi-modal synthesis end to end: `spade train` with the image encoder (use_vae, KLD) for
-//! two iterations at 256x256 (the reference's encoder needs crop_size 256), tiny widths, then `spade synthesize --style` on its run directory: the style image
+//! two iterations at 64x64 (the encoder resizes its input to 256x256, as the reference's does), tiny widths, then `spade synthesize --style` on its run directory: the style image
 //! changes the output, and the same style gives the same output.
 use std::path::Path;
 use std::process::Command;
@@ -26,9 +26,9 @@ fn trained_encoder_makes_the_style_image_matter() {
         "--set",
         "model.use_vae=true",
         "--set",
-        "data.load_size=256",
+        "data.load_size=64",
         "--set",
-        "data.crop_size=256",
+        "data.crop_size=64",
         "--set",
         "model.ngf=2",
         "--set",

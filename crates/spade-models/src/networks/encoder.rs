@@ -1,5 +1,5 @@
 //! ConvEncoder: the VAE style encoder (image -> mu, logvar of a 256-d z).
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layers::conv::{ConvSpec, Linear, NormConv};
 use crate::layers::ops::{leaky_relu, resize_bilinear};
 use crate::options::NetOptions;
@@ -17,14 +17,9 @@ pub struct ConvEncoder {
 }
 
 impl ConvEncoder {
+    /// Any `crop_size` works: like the reference, `forward_t` resizes its input to 256x256,
+    /// the size at which six stride-2 layers leave the 4x4 map that `fc_mu`/`fc_var` flatten.
     pub fn new(opt: &NetOptions, vb: &Vb) -> Result<Self> {
-        if opt.crop_size < 256 {
-            return Err(Error::Option {
-                option: "crop_size".into(),
-                value: opt.crop_size.to_string(),
-                expected: "at least 256 for the VAE encoder (the reference's ConvEncoder flattens an 8*ngf x 4 x 4 map, which needs six stride-2 layers from 256x256)".into(),
-            });
-        }
         let norm = opt.norm_e.conv()?;
         let ndf = opt.ngf;
         let gain = opt.init_variance;
@@ -69,4 +64,30 @@ pub fn randn(
 /// z = mu + eps * exp(0.5 * logvar).
 pub fn reparameterize(mu: &Tensor, logvar: &Tensor, eps: &Tensor) -> candle_core::Result<Tensor> {
     mu + (eps * (logvar * 0.5)?.exp()?)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ParamStore;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn encoder_takes_images_smaller_than_256_like_the_reference() {
+        // The reference's ConvEncoder interpolates any input to 256x256 before its six
+        // stride-2 layers, so a 64x64 run has an encoder too.
+        let opt = NetOptions { ngf: 2, crop_size: 64, ..Default::default() };
+        let store = ParamStore::fresh(3, DType::F32, &Device::Cpu);
+        let e = ConvEncoder::new(&opt, &store.root()).unwrap();
+        let small = Tensor::rand(-1f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let (mu, logvar) = e.forward_t(&small, false).unwrap();
+        assert_eq!(mu.dims(), &[2, CODE_DIM]);
+        assert_eq!(logvar.dims(), &[2, CODE_DIM]);
+        // The same picture at 256x256 gives the same code up to the resize: the 64x64 input
+        // upsampled by the encoder equals the encoder seeing the upsampled image itself.
+        let big = resize_bilinear(&small, 256, 256).unwrap();
+        let (mu_big, _) = e.forward_t(&big, false).unwrap();
+        let d = (mu - mu_big).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
 }
