@@ -69,6 +69,10 @@ impl Args {
     }
 }
 
+/// A table or ablation file (`experiments/*.yaml`). A file may start with `extends: <table>` (a
+/// name in the same folder, or a path relative to it): it then takes that file's `base` and
+/// `profiles`, with its own merged over them key by key ([`load_table`]), so that a profile
+/// several tables share has one home.
 #[derive(Debug, Deserialize)]
 pub struct TableFile {
     pub table: String,
@@ -186,14 +190,72 @@ pub fn load_table(name: &str) -> Result<TableFile> {
     } else {
         workspace_root().join("experiments").join(format!("{name}.yaml"))
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read the table", path.display()))?;
+    let value = table_value(&path, &mut Vec::new())?;
     let mut t: TableFile =
-        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not a table file", path.display()))?;
+        serde_yaml_ng::from_value(value).with_context(|| format!("{}: not a table file", path.display()))?;
     t.expand_grid();
     if t.rows.is_empty() {
         bail!("{}: no rows and no grid", path.display());
     }
     Ok(t)
+}
+
+/// The two parts of a table file that `extends` inherits.
+const INHERITED: [&str; 2] = ["base", "profiles"];
+
+/// The YAML of the table file at `path` with its `extends` chain resolved: the parent's `base`
+/// and `profiles`, with this file's merged over them (mappings key by key, recursively; any
+/// other value, a list included, replaces the parent's). `chain` holds the files being read, to
+/// refuse a cycle.
+fn table_value(path: &Path, chain: &mut Vec<PathBuf>) -> Result<serde_yaml_ng::Value> {
+    use serde_yaml_ng::Value;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the table", path.display()))?;
+    let mut value: Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("{}: not a table file", path.display()))?;
+    let Some(parent) = value.get("extends") else { return Ok(value) };
+    let parent = parent
+        .as_str()
+        .with_context(|| format!("{}: expected `extends` to name a table file, found {parent:?}", path.display()))?;
+    let parent_path = if parent.ends_with(".yaml") || parent.ends_with(".yml") {
+        path.parent().unwrap_or(Path::new(".")).join(parent)
+    } else {
+        path.parent().unwrap_or(Path::new(".")).join(format!("{parent}.yaml"))
+    };
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if chain.contains(&canonical) || chain.len() >= 8 {
+        bail!("{}: `extends` chains back to itself or is more than 8 files deep", path.display());
+    }
+    chain.push(canonical);
+    let inherited = table_value(&parent_path, chain).with_context(|| format!("{}: extends", path.display()))?;
+    chain.pop();
+    let map = value.as_mapping_mut().with_context(|| format!("{}: expected a mapping", path.display()))?;
+    for key in INHERITED {
+        if let Some(from_parent) = inherited.get(key) {
+            let own = map.remove(key);
+            map.insert(key.into(), merge_yaml(from_parent.clone(), own));
+        }
+    }
+    Ok(value)
+}
+
+/// `own` merged over `inherited`: mappings key by key, anything else replaced.
+fn merge_yaml(inherited: serde_yaml_ng::Value, own: Option<serde_yaml_ng::Value>) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value;
+    match (inherited, own) {
+        (inherited, None) => inherited,
+        (Value::Mapping(mut parent), Some(Value::Mapping(child))) => {
+            for (k, v) in child {
+                let from_parent = parent.remove(&k);
+                let merged = match from_parent {
+                    Some(p) => merge_yaml(p, Some(v)),
+                    None => v,
+                };
+                parent.insert(k, merged);
+            }
+            Value::Mapping(parent)
+        }
+        (_, Some(own)) => own,
+    }
 }
 
 /// The resolved experiment of one row under a profile and dataset.
@@ -480,4 +542,77 @@ pub fn store_dir(root: &Path, profile: &str, dataset: &str) -> PathBuf {
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = r#"
+table: parent
+title: t
+metric: mIoU
+base: {model: {netG: spade, ngf: 64}, train: {lr: 0.0002}}
+profiles:
+  mini: {description: "parent mini", scale: "64x64", set: [model.ngf=16], seeds: 3, compact_ngf: 12}
+  smoke: {description: "parent smoke", scale: "32x32", set: [model.ngf=4]}
+rows: [{id: a, method: A}]
+"#;
+
+    #[test]
+    fn extends_merges_base_and_profiles_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("parent.yaml"), PARENT).unwrap();
+        let child = dir.path().join("child.yaml");
+        std::fs::write(
+            &child,
+            "extends: parent\ntable: child\ntitle: c\nmetric: mIoU\nbase: {model: {ngf: 32}}\n\
+             profiles: {mini: {scale: \"64x64, longer\"}, extra: {description: e, scale: s}}\n\
+             rows: [{id: b, method: B}]\n",
+        )
+        .unwrap();
+        let t = load_table(child.to_str().unwrap()).unwrap();
+        assert_eq!(t.table, "child");
+        assert_eq!(t.rows.len(), 1, "rows are not inherited");
+        // base: the child's ngf over the parent's, the rest inherited.
+        assert_eq!(t.base["model"]["ngf"].as_u64(), Some(32));
+        assert_eq!(t.base["model"]["netG"].as_str(), Some("spade"));
+        assert_eq!(t.base["train"]["lr"].as_f64(), Some(0.0002));
+        // profiles: the child's scale over the parent's mini, everything else of it kept.
+        let mini = &t.profiles["mini"];
+        assert_eq!((mini.description.as_str(), mini.scale.as_str()), ("parent mini", "64x64, longer"));
+        assert_eq!((mini.set.clone(), mini.seeds, mini.compact_ngf), (vec!["model.ngf=16".to_string()], 3, Some(12)));
+        assert_eq!(t.profiles["smoke"].description, "parent smoke");
+        assert_eq!(t.profiles["extra"].scale, "s");
+    }
+
+    #[test]
+    fn extends_refuses_a_cycle_and_a_missing_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, "extends: b\ntable: a\ntitle: a\nmetric: mIoU\nrows: [{id: x, method: X}]\n").unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "extends: a\ntable: b\n").unwrap();
+        let e = format!("{:#}", load_table(a.to_str().unwrap()).unwrap_err());
+        assert!(e.contains("chains back to itself"), "{e}");
+        std::fs::write(&a, "extends: nothere\ntable: a\ntitle: a\nmetric: mIoU\nrows: [{id: x, method: X}]\n").unwrap();
+        let e = format!("{:#}", load_table(a.to_str().unwrap()).unwrap_err());
+        assert!(e.contains("nothere.yaml: cannot read the table"), "{e}");
+    }
+
+    #[test]
+    fn tables_that_extend_table3_resolve_to_its_mini_configs() {
+        // Table 4's first row and the norm ablation's sync-batch 3x3 row are Table 3's SPADE
+        // decoder: one run in the store for all three.
+        let root = Path::new("/store");
+        let dir = |table: &str, row: &str| {
+            let t = load_table(table).unwrap();
+            let args = Args::for_report(table, "mini", DatasetMode::Synthetic);
+            let r = t.rows.iter().find(|r| r.id == row).unwrap();
+            run_dir_for_in(root, &t, &t.profiles["mini"], r, &args, 0).unwrap().0
+        };
+        let spade = dir("table3", "spade");
+        assert_eq!(dir("table4", "segmap_input"), spade);
+        assert_eq!(dir("ablation_spade_norm", "norm_G=spectralspadesyncbatch3x3"), spade);
+        assert_eq!(dir("table1", "spade"), spade);
+    }
 }
