@@ -2,6 +2,8 @@
 //! - `<stem>_metric.{png,svg}`: mIoU, accuracy and uniform-map accuracy per row, mean with its
 //!   95% confidence interval as an error bar (measured values only: the paper's numbers, on other
 //!   datasets, are never drawn on the same axis);
+//! - `<stem>_diversity.{png,svg}`: the mean pairwise L1 between outputs for the same label per
+//!   row, with its CI, when some row's generator takes z;
 //! - `<stem>_losses.{png,svg}`: the generator's and the discriminator's loss per iteration
 //!   (moving average), one line per row (seed 0), the legend beside the plot;
 //! - `<stem>_samples.png`: validation labels, every row's output and the real images, in
@@ -19,6 +21,9 @@ pub struct PlotRow {
     pub id: String,
     /// (metric title, mean, 95% CI half-width), in percent.
     pub bars: Vec<(String, Option<f64>, Option<f64>)>,
+    /// The diversity column (mean pairwise L1 between outputs for one label): mean and 95% CI
+    /// half-width.
+    pub diversity: (Option<f64>, Option<f64>),
     /// Run directories, seed 0 first.
     pub dirs: Vec<PathBuf>,
 }
@@ -53,11 +58,24 @@ fn label_area(rows: &[PlotRow]) -> u32 {
     (rows.iter().map(|r| r.id.len()).max().unwrap_or(4) as u32 * 8 + 30).max(60)
 }
 
-fn metric_chart<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, rows: &[PlotRow]) -> Result<()>
+/// The y axis of a bar chart: its title and top.
+struct Axis<'a> {
+    desc: &'a str,
+    top: f64,
+}
+
+const PERCENT: Axis<'static> = Axis { desc: "percent", top: 105.0 };
+
+fn metric_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    rows: &[PlotRow],
+    axis: &Axis,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(e)?;
+    let top = axis.top;
     let names: Vec<String> = rows.first().map(|r| r.bars.iter().map(|b| b.0.clone()).collect()).unwrap_or_default();
     let k = names.len().max(1) as i32;
     let n = rows.len() as i32;
@@ -71,8 +89,8 @@ where
         .caption(format!("mean over seeds with 95% CI ({legend})"), ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(label_area(rows))
-        .y_label_area_size(50)
-        .build_cartesian_2d((0..n * (k + 1)).into_segmented(), 0f64..105f64)
+        .y_label_area_size(75)
+        .build_cartesian_2d((0..n * (k + 1)).into_segmented(), 0f64..top)
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -88,7 +106,7 @@ where
             _ => String::new(),
         })
         .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
-        .y_desc("percent")
+        .y_desc(axis.desc)
         .draw()
         .map_err(e)?;
     for (ri, r) in rows.iter().enumerate() {
@@ -107,7 +125,7 @@ where
                         mid,
                         (m - h).max(0.0),
                         *m,
-                        (m + h).min(105.0),
+                        (m + h).min(top),
                         BLACK.stroke_width(2),
                         8,
                     )])
@@ -117,6 +135,24 @@ where
     }
     root.present().map_err(e)?;
     Ok(())
+}
+
+/// The rows as one-bar rows of their diversity, when some row's is above zero (a generator
+/// that takes z); `None` when every row's output is a function of its label alone.
+fn diversity_rows(rows: &[PlotRow]) -> Option<Vec<PlotRow>> {
+    if !rows.iter().any(|r| r.diversity.0.is_some_and(|d| d > 0.0)) {
+        return None;
+    }
+    Some(
+        rows.iter()
+            .map(|r| PlotRow {
+                id: r.id.clone(),
+                bars: vec![("diversity (mean pairwise L1)".into(), r.diversity.0, r.diversity.1)],
+                diversity: r.diversity,
+                dirs: Vec::new(),
+            })
+            .collect(),
+    )
 }
 
 /// (iteration, G loss total, D loss total) from a run's losses.jsonl, smoothed by a centred
@@ -344,15 +380,32 @@ pub fn write_all(out_dir: &Path, stem: &str, rows: &[PlotRow]) -> Result<Vec<(St
         let w = 240 + 70 * rows.len() as u32;
         let h = 420 + label_area(rows);
         let p = out_dir.join(format!("{stem}_metric.png"));
-        metric_chart(BitMapBackend::new(&p, (w.max(700), h)).into_drawing_area(), rows)?;
+        metric_chart(BitMapBackend::new(&p, (w.max(700), h)).into_drawing_area(), rows, &PERCENT)?;
         metric_chart(
             SVGBackend::new(&out_dir.join(format!("{stem}_metric.svg")), (w.max(700), h)).into_drawing_area(),
             rows,
+            &PERCENT,
         )?;
         written.push((
             format!("{stem}_metric.png"),
             "Measured values per row: mean over seeds, error bars the 95% confidence interval.".into(),
         ));
+        if let Some(diversity) = diversity_rows(rows) {
+            let top =
+                diversity.iter().filter_map(|r| Some(r.bars[0].1? + r.bars[0].2.unwrap_or(0.0))).fold(0.0, f64::max);
+            let axis = Axis { desc: "mean pairwise L1 (pixels in [0, 1])", top: top * 1.15 };
+            let p = out_dir.join(format!("{stem}_diversity.png"));
+            metric_chart(BitMapBackend::new(&p, (w.max(700), h)).into_drawing_area(), &diversity, &axis)?;
+            metric_chart(
+                SVGBackend::new(&out_dir.join(format!("{stem}_diversity.svg")), (w.max(700), h)).into_drawing_area(),
+                &diversity,
+                &axis,
+            )?;
+            written.push((
+                format!("{stem}_diversity.png"),
+                "Diversity: for each of the first validation labels, several samples of z ~ N(0, 1); the mean pairwise L1 distance between the outputs for the same label (pixels in [0, 1]), mean over seeds with the 95% confidence interval. Zero for generators that take no z.".into(),
+            ));
+        }
         let p = out_dir.join(format!("{stem}_losses.png"));
         loss_chart(BitMapBackend::new(&p, (1100, 760)).into_drawing_area(), rows)?;
         loss_chart(
@@ -380,4 +433,22 @@ pub fn write_all(out_dir: &Path, stem: &str, rows: &[PlotRow]) -> Result<Vec<(St
         written.push((format!("{stem}_multimodal.png"), "Generators that take z: each label with four samples of z (\"z\" lines) and, with the image encoder, with the style of four real images (\"styles\": the style images, then one line per label).".into()));
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, diversity: f64) -> PlotRow {
+        PlotRow { id: id.into(), bars: Vec::new(), diversity: (Some(diversity), Some(0.01)), dirs: Vec::new() }
+    }
+
+    #[test]
+    fn the_diversity_chart_is_drawn_only_when_some_generator_takes_z() {
+        assert!(diversity_rows(&[row("spade", 0.0), row("concat", 0.0)]).is_none());
+        let d = diversity_rows(&[row("vae", 0.12), row("spade", 0.0)]).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].bars, vec![("diversity (mean pairwise L1)".to_string(), Some(0.12), Some(0.01))]);
+        assert_eq!(d[1].bars[0].1, Some(0.0), "a row without z is drawn at zero, beside the others");
+    }
 }

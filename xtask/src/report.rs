@@ -772,6 +772,11 @@ pub fn build_in(root: &Path, t: &TableFile, args: &crate::reproduce::Args) -> Re
                     (m.title().to_string(), nan_none(mu), nan_none(stats::ci95(sd, n)))
                 })
                 .collect(),
+            diversity: {
+                let k = Metric::ALL.iter().position(|x| *x == Metric::Diversity).unwrap();
+                let (mu, sd, n) = s[k];
+                (nan_none(mu), nan_none(stats::ci95(sd, n)))
+            },
             dirs: r.runs.iter().map(|x| x.dir.clone()).collect(),
         })
         .collect();
