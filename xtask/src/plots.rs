@@ -137,6 +137,12 @@ where
     Ok(())
 }
 
+/// A bar chart as `<base>.png` and `<base>.svg`.
+fn bar_chart_files(base: &Path, size: (u32, u32), rows: &[PlotRow], axis: &Axis) -> Result<()> {
+    metric_chart(BitMapBackend::new(&base.with_extension("png"), size).into_drawing_area(), rows, axis)?;
+    metric_chart(SVGBackend::new(&base.with_extension("svg"), size).into_drawing_area(), rows, axis)
+}
+
 /// The rows as one-bar rows of their diversity, when some row's is above zero (a generator
 /// that takes z); `None` when every row's output is a function of its label alone.
 fn diversity_rows(rows: &[PlotRow]) -> Option<Vec<PlotRow>> {
@@ -379,28 +385,16 @@ pub fn write_all(out_dir: &Path, stem: &str, rows: &[PlotRow]) -> Result<Vec<(St
     if font && !rows.is_empty() {
         let w = 240 + 70 * rows.len() as u32;
         let h = 420 + label_area(rows);
-        let p = out_dir.join(format!("{stem}_metric.png"));
-        metric_chart(BitMapBackend::new(&p, (w.max(700), h)).into_drawing_area(), rows, &PERCENT)?;
-        metric_chart(
-            SVGBackend::new(&out_dir.join(format!("{stem}_metric.svg")), (w.max(700), h)).into_drawing_area(),
-            rows,
-            &PERCENT,
-        )?;
+        bar_chart_files(&out_dir.join(format!("{stem}_metric")), (w.max(700), h), rows, &PERCENT)?;
         written.push((
             format!("{stem}_metric.png"),
             "Measured values per row: mean over seeds, error bars the 95% confidence interval.".into(),
         ));
         if let Some(diversity) = diversity_rows(rows) {
             let top =
-                diversity.iter().filter_map(|r| Some(r.bars[0].1? + r.bars[0].2.unwrap_or(0.0))).fold(0.0, f64::max);
+                rows.iter().filter_map(|r| Some(r.diversity.0? + r.diversity.1.unwrap_or(0.0))).fold(0.0, f64::max);
             let axis = Axis { desc: "mean pairwise L1 (pixels in [0, 1])", top: top * 1.15 };
-            let p = out_dir.join(format!("{stem}_diversity.png"));
-            metric_chart(BitMapBackend::new(&p, (w.max(700), h)).into_drawing_area(), &diversity, &axis)?;
-            metric_chart(
-                SVGBackend::new(&out_dir.join(format!("{stem}_diversity.svg")), (w.max(700), h)).into_drawing_area(),
-                &diversity,
-                &axis,
-            )?;
+            bar_chart_files(&out_dir.join(format!("{stem}_diversity")), (w.max(700), h), &diversity, &axis)?;
             written.push((
                 format!("{stem}_diversity.png"),
                 "Diversity: for each of the first validation labels, several samples of z ~ N(0, 1); the mean pairwise L1 distance between the outputs for the same label (pixels in [0, 1]), mean over seeds with the 95% confidence interval. Zero for generators that take no z.".into(),

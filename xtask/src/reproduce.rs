@@ -185,11 +185,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// `experiments/<name>.yaml`, or a path to a table or ablation file.
 pub fn load_table(name: &str) -> Result<TableFile> {
-    let path = if name.ends_with(".yaml") || name.ends_with(".yml") {
-        PathBuf::from(name)
-    } else {
-        workspace_root().join("experiments").join(format!("{name}.yaml"))
-    };
+    let path = table_path(name, &workspace_root().join("experiments"), Path::new(""));
     let value = table_value(&path, &mut Vec::new())?;
     let mut t: TableFile =
         serde_yaml_ng::from_value(value).with_context(|| format!("{}: not a table file", path.display()))?;
@@ -198,6 +194,16 @@ pub fn load_table(name: &str) -> Result<TableFile> {
         bail!("{}: no rows and no grid", path.display());
     }
     Ok(t)
+}
+
+/// A table named `name`: a path ending in `.yaml`/`.yml` (relative to `paths_from`), else the
+/// file `<name>.yaml` in `names_in`.
+fn table_path(name: &str, names_in: &Path, paths_from: &Path) -> PathBuf {
+    if name.ends_with(".yaml") || name.ends_with(".yml") {
+        paths_from.join(name)
+    } else {
+        names_in.join(format!("{name}.yaml"))
+    }
 }
 
 /// The two parts of a table file that `extends` inherits.
@@ -216,11 +222,8 @@ fn table_value(path: &Path, chain: &mut Vec<PathBuf>) -> Result<serde_yaml_ng::V
     let parent = parent
         .as_str()
         .with_context(|| format!("{}: expected `extends` to name a table file, found {parent:?}", path.display()))?;
-    let parent_path = if parent.ends_with(".yaml") || parent.ends_with(".yml") {
-        path.parent().unwrap_or(Path::new(".")).join(parent)
-    } else {
-        path.parent().unwrap_or(Path::new(".")).join(format!("{parent}.yaml"))
-    };
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let parent_path = table_path(parent, folder, folder);
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     if chain.contains(&canonical) || chain.len() >= 8 {
         bail!("{}: `extends` chains back to itself or is more than 8 files deep", path.display());
