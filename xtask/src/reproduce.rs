@@ -389,6 +389,9 @@ pub fn run(args: Args) -> Result<()> {
         let (dir, cfg) = run_dir_for_in(&root, &t, profile, row, &args, seed)?;
         let yaml = cfg.to_yaml();
         let rd = RunDir::new(&dir);
+        // Another job on the same store (two tables run at once) may be training this run now:
+        // wait for it, then look again, so that its run is reused rather than cleared under it.
+        let held = hold_run_lock(&dir, |line| job.println(line))?;
         if let (false, Some(info)) = (args.fresh, rd.finished_row(&yaml)) {
             if info.code_revision == code_rev || args.allow_other_revisions {
                 job.println(format!(
@@ -409,8 +412,10 @@ pub fn run(args: Args) -> Result<()> {
                 info.code_revision
             ));
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot clear the old run", dir.display()))?;
+        if let Some(lock) = held {
+            clear_run_dir(&dir)?;
+            // Released here for `train` to take; the window until it does is a few file calls.
+            drop(lock);
         }
         let t0 = Instant::now();
         let ro = RunOptions {
@@ -542,6 +547,60 @@ pub fn store_dir(root: &Path, profile: &str, dataset: &str) -> PathBuf {
     root.join("runs").join(format!("{dataset}-{profile}"))
 }
 
+/// Holds the lock of the run directory `dir` (the OS file lock on `RUN/.lock` that
+/// `spade_train::rundir::RunLock` takes while a run trains), waiting while another process
+/// holds it and saying so once through `say`. `None` when `dir` does not exist. Taken here
+/// rather than through `RunLock::acquire`, whose error does not tell a held lock from a failure.
+fn hold_run_lock(dir: &Path, say: impl Fn(String)) -> Result<Option<std::fs::File>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let path = RunDir::new(dir).lock();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the run lock", path.display()))?;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !said {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    say(format!(
+                        "{}: process {} is working on this run (another job on the same store): waiting for it",
+                        dir.display(),
+                        holder.trim()
+                    ));
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("{}: cannot lock the run directory", path.display()))
+            }
+        }
+    }
+}
+
+/// Removes everything in the run directory `dir` but its lock file (held by the caller).
+fn clear_run_dir(dir: &Path) -> Result<()> {
+    let lock = RunDir::new(dir).lock();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot clear the old run", dir.display()))?;
+    for entry in entries {
+        let path = entry.with_context(|| format!("{}: cannot clear the old run", dir.display()))?.path();
+        if path == lock {
+            continue;
+        }
+        let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        gone.with_context(|| format!("{}: cannot clear the old run", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(bytes))
@@ -561,6 +620,40 @@ profiles:
   smoke: {description: "parent smoke", scale: "32x32", set: [model.ngf=4]}
 rows: [{id: a, method: A}]
 "#;
+
+    #[test]
+    fn a_run_in_use_by_another_process_is_waited_for_not_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("key");
+        assert!(hold_run_lock(&run, |_| ()).unwrap().is_none(), "no directory, nothing to hold");
+        // Another job's training holds the run's lock; it finishes after 600 ms.
+        let other = spade_train::rundir::RunLock::acquire(&run).unwrap();
+        std::fs::write(run.join("losses.jsonl"), "{}\n").unwrap();
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            std::fs::write(run.join("row.json"), "{}").unwrap();
+            drop(other);
+        });
+        let said = std::cell::RefCell::new(Vec::new());
+        let t0 = Instant::now();
+        let run = dir.path().join("key");
+        let lock = hold_run_lock(&run, |l| said.borrow_mut().push(l)).unwrap();
+        released.join().unwrap();
+        assert!(lock.is_some());
+        assert!(t0.elapsed().as_millis() >= 500, "returned after {:?}, before the other process let go", t0.elapsed());
+        let said = said.into_inner();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains(&format!("process {}", std::process::id())) && said[0].contains("waiting"),
+            "{}",
+            said[0]
+        );
+        // What the other process wrote is all there when the wait ends.
+        assert!(run.join("row.json").is_file() && run.join("losses.jsonl").is_file());
+        clear_run_dir(&run).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(".lock")]);
+    }
 
     #[test]
     fn extends_merges_base_and_profiles_key_by_key() {
