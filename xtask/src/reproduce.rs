@@ -389,9 +389,10 @@ pub fn run(args: Args) -> Result<()> {
         let (dir, cfg) = run_dir_for_in(&root, &t, profile, row, &args, seed)?;
         let yaml = cfg.to_yaml();
         let rd = RunDir::new(&dir);
-        // Another job on the same store (two tables run at once) may be training this run now:
-        // wait for it, then look again, so that its run is reused rather than cleared under it.
-        let held = hold_run_lock(&dir, |line| job.println(line))?;
+        // Another job on the same store (two tables run at once) may be training or evaluating
+        // this run now: wait for it, then look again, so that its run is reused rather than
+        // cleared under it. Held until this run's row.json is written (the end of the iteration).
+        let _held = hold_run(&dir, |line| job.println(line))?;
         if let (false, Some(info)) = (args.fresh, rd.finished_row(&yaml)) {
             if info.code_revision == code_rev || args.allow_other_revisions {
                 job.println(format!(
@@ -412,11 +413,7 @@ pub fn run(args: Args) -> Result<()> {
                 info.code_revision
             ));
         }
-        if let Some(lock) = held {
-            clear_run_dir(&dir)?;
-            // Released here for `train` to take; the window until it does is a few file calls.
-            drop(lock);
-        }
+        clear_run_dir(&dir)?;
         let t0 = Instant::now();
         let ro = RunOptions {
             output_dir: dir.clone(),
@@ -547,16 +544,18 @@ pub fn store_dir(root: &Path, profile: &str, dataset: &str) -> PathBuf {
     root.join("runs").join(format!("{dataset}-{profile}"))
 }
 
-/// Holds the lock of the run directory `dir` (the OS file lock on `RUN/.lock` that
-/// `spade_train::rundir::RunLock` takes while a run trains), waiting while another process
-/// holds it and saying so once through `say`. `None` when `dir` does not exist. Taken here
-/// rather than through `RunLock::acquire`, whose error does not tell a held lock from a failure.
-fn hold_run_lock(dir: &Path, say: impl Fn(String)) -> Result<Option<std::fs::File>> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let path = RunDir::new(dir).lock();
-    let file = std::fs::OpenOptions::new()
+/// The lock file that `reproduce` holds on a run directory from the moment it looks at the run
+/// until the run is reused, or trained, evaluated and its `row.json` written. `train` takes the
+/// run's own lock (`RUN/.lock`, `spade_train::rundir::RunLock`) for training alone, so a second
+/// job must wait on this one, which also covers the evaluation.
+const JOB_LOCK: &str = ".reproduce.lock";
+
+/// Creates the run directory `dir` if needed and holds its [`JOB_LOCK`], waiting while another
+/// process holds it and saying so once through `say`.
+fn hold_run(dir: &Path, say: impl Fn(String)) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+    let path = dir.join(JOB_LOCK);
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -566,7 +565,7 @@ fn hold_run_lock(dir: &Path, say: impl Fn(String)) -> Result<Option<std::fs::Fil
     let mut said = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
+            Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) => {
                 if !said {
                     let holder = std::fs::read_to_string(&path).unwrap_or_default();
@@ -584,15 +583,22 @@ fn hold_run_lock(dir: &Path, say: impl Fn(String)) -> Result<Option<std::fs::Fil
             }
         }
     }
+    use std::io::Write;
+    let pid = std::process::id();
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{pid}"))
+        .with_context(|| format!("{}: cannot write the holder's PID", path.display()))?;
+    Ok(file)
 }
 
-/// Removes everything in the run directory `dir` but its lock file (held by the caller).
+/// Removes everything in the run directory `dir` but its lock files (the caller holds the
+/// [`JOB_LOCK`]).
 fn clear_run_dir(dir: &Path) -> Result<()> {
-    let lock = RunDir::new(dir).lock();
+    let locks = [RunDir::new(dir).lock(), dir.join(JOB_LOCK)];
     let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot clear the old run", dir.display()))?;
     for entry in entries {
         let path = entry.with_context(|| format!("{}: cannot clear the old run", dir.display()))?.path();
-        if path == lock {
+        if locks.contains(&path) {
             continue;
         }
         let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
@@ -622,12 +628,11 @@ rows: [{id: a, method: A}]
 "#;
 
     #[test]
-    fn a_run_in_use_by_another_process_is_waited_for_not_cleared() {
+    fn a_run_in_use_by_another_job_is_waited_for_not_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("key");
-        assert!(hold_run_lock(&run, |_| ()).unwrap().is_none(), "no directory, nothing to hold");
-        // Another job's training holds the run's lock; it finishes after 600 ms.
-        let other = spade_train::rundir::RunLock::acquire(&run).unwrap();
+        // Another job holds the run (training, then evaluating it); it is done after 600 ms.
+        let other = hold_run(&run, |_| ()).unwrap();
         std::fs::write(run.join("losses.jsonl"), "{}\n").unwrap();
         let released = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(600));
@@ -637,10 +642,9 @@ rows: [{id: a, method: A}]
         let said = std::cell::RefCell::new(Vec::new());
         let t0 = Instant::now();
         let run = dir.path().join("key");
-        let lock = hold_run_lock(&run, |l| said.borrow_mut().push(l)).unwrap();
+        let _held = hold_run(&run, |l| said.borrow_mut().push(l)).unwrap();
         released.join().unwrap();
-        assert!(lock.is_some());
-        assert!(t0.elapsed().as_millis() >= 500, "returned after {:?}, before the other process let go", t0.elapsed());
+        assert!(t0.elapsed().as_millis() >= 500, "returned after {:?}, before the other job let go", t0.elapsed());
         let said = said.into_inner();
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(
@@ -648,11 +652,17 @@ rows: [{id: a, method: A}]
             "{}",
             said[0]
         );
-        // What the other process wrote is all there when the wait ends.
+        // What the other job wrote is all there when the wait ends.
         assert!(run.join("row.json").is_file() && run.join("losses.jsonl").is_file());
+        std::fs::write(run.join(".lock"), "").unwrap();
         clear_run_dir(&run).unwrap();
-        let left: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, vec![std::ffi::OsString::from(".lock")]);
+        let mut left: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, vec![std::ffi::OsString::from(".lock"), std::ffi::OsString::from(JOB_LOCK)]);
+        // A run nobody has started: its directory is made and held at once.
+        let fresh = dir.path().join("new");
+        let _f = hold_run(&fresh, |l| panic!("nobody holds it: {l}")).unwrap();
+        assert!(fresh.join(JOB_LOCK).is_file());
     }
 
     #[test]
